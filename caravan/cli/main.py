@@ -1,0 +1,62 @@
+"""``caravan``: run a local cluster and talk to any Caravan gateway from the terminal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import typer
+
+from caravan.cluster import ClusterConfig, LocalCluster
+from caravan.errors import CaravanError
+from caravan.settings import default_models_dir, split_host_port
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Caravan: an Ollama-compatible LLM cluster.")
+
+
+def _models_dir() -> Path:
+    raw = os.environ.get("CARAVAN_MODELS") or os.environ.get("OLLAMA_MODELS")
+    return Path(raw).expanduser() if raw else default_models_dir()
+
+
+@app.command("import-demo")
+def import_demo() -> None:
+    """Import the demo model (SmolLM2-135M-Instruct Q4_1) into the store as smollm2:135m."""
+    from registry.demo import DEMO_NAME
+    from registry.demo import import_demo as run_import
+    from registry.store import Store
+
+    try:
+        changed = run_import(Store(_models_dir()))
+    except CaravanError as exc:
+        typer.echo(f"Error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{DEMO_NAME}: {'imported' if changed else 'already up to date'} in {_models_dir()}")
+
+
+@app.command()
+def serve(workers: int = typer.Option(1, help="worker processes to start")) -> None:
+    """Start the whole cluster in the foreground (Ctrl-C stops every process)."""
+    import_demo()
+    host, port = split_host_port(os.environ.get("OLLAMA_HOST", "127.0.0.1:11434"), 11434)
+    cluster = LocalCluster(ClusterConfig(models=_models_dir(), gateway_host=host, gateway_port=port,
+                                         redis_url=os.environ.get("CARAVAN_REDIS_URL"), workers=workers,
+                                         log_dir=None))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        cluster.start()
+        typer.echo(f"Caravan is running on {cluster.gateway_url} (logs in {cluster.log_dir}); Ctrl-C stops it.")
+        signal.pause()
+    except CaravanError as exc:
+        typer.echo(f"Error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("stopping...")
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    app()

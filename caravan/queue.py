@@ -1,0 +1,136 @@
+"""The queue protocol between gateway and workers (messages carried by the streams in ``caravan.keys``).
+
+    gateway ── XADD caravan:q:{spec}  {"job": InferenceJob JSON}          ──▶ worker (XREADGROUP, ack on admission)
+    worker  ── XADD caravan:r:{id}    {"ev": Event JSON}  start|tok|done|err ──▶ gateway (XREAD from 0-0)
+
+A ``LoadSpec`` names what a worker must load to serve a queue: the model blob plus the load-time options;
+two requests with different ``num_ctx`` go to different queues and may be served by different replicas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class LoadSpec(BaseModel):
+    """A model as loaded: weights blob + load-time options. ``key`` names its request queue."""
+
+    model: str
+    blob: str
+    size: int = 0
+    num_ctx: int = 4096
+    num_batch: int = 512
+    num_gpu: int = -1
+    main_gpu: int = 0
+    num_thread: int = 0
+    use_mmap: bool = True
+    parallel: int = 1
+    context_length: int = 0
+    chat_template: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Stable id of the spec (weights + load options)."""
+        fields = self.model_dump(exclude={"model", "size", "chat_template", "context_length"})
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encode_keep_alive(seconds: float) -> float:
+    """JSON has no infinity: forever travels as -1."""
+    return -1.0 if math.isinf(seconds) else seconds
+
+
+def decode_keep_alive(value: float) -> float:
+    return math.inf if value < 0 else value
+
+
+class InferenceJob(BaseModel):
+    """One generate/chat request, normalised by the gateway."""
+
+    id: str
+    op: Literal["generate", "chat", "load"]
+    model: str
+    spec: LoadSpec
+    options: dict[str, Any] = Field(default_factory=dict)
+    prompt: str = ""
+    suffix: str = ""
+    messages: list[dict[str, Any]] = Field(default_factory=list)
+    system: str | None = None
+    template: str | None = None
+    raw: bool = False
+    context: list[int] | None = None
+    format: Any = None
+    tools: list[dict[str, Any]] | None = None
+    keep_alive: float = 300.0
+    created: float = 0.0
+    attempt: int = 0
+
+    def encode(self) -> dict[Any, Any]:
+        return {"job": self.model_dump_json()}
+
+    @classmethod
+    def decode(cls, fields: dict[bytes, bytes]) -> InferenceJob:
+        return cls.model_validate_json(fields[b"job"])
+
+
+EventType = Literal["start", "tok", "done", "err"]
+
+
+class Event(BaseModel):
+    """One reply-stream event. ``tok`` carries a text delta; ``done`` the final stats; ``err`` a status."""
+
+    t: EventType
+    seq: int = 0
+    text: str = ""
+    worker: str | None = None
+    done_reason: str | None = None
+    stats: dict[str, Any] | None = None
+    status: int | None = None
+    error: str | None = None
+
+    def encode(self) -> dict[Any, Any]:
+        return {"ev": self.model_dump_json(exclude_none=True)}
+
+    @classmethod
+    def decode(cls, fields: dict[bytes, bytes]) -> Event:
+        return cls.model_validate_json(fields[b"ev"])
+
+
+class LoadedModelState(BaseModel):
+    """One loaded model as a worker reports it in its heartbeat."""
+
+    spec: LoadSpec
+    slots: int = 1
+    in_flight: int = 0
+    size: int = 0
+    keep_alive: float = 300.0
+    expires_at: float | None = None
+    loaded_at: float = 0.0
+    last_used: float = 0.0
+
+
+class WorkerState(BaseModel):
+    """A worker's heartbeat (``caravan:w:{id}``, TTL'd)."""
+
+    id: str
+    host: str
+    device: str = "cpu"
+    memory_budget: int = 0
+    memory_used: int = 0
+    models: list[LoadedModelState] = Field(default_factory=list)
+    loading: list[str] = Field(default_factory=list)
+    draining: bool = False
+    version: str = ""
+    metrics_url: str | None = None
+
+    def holds(self, spec_key: str) -> bool:
+        return spec_key in self.loading or any(m.spec.key == spec_key for m in self.models)
+
+    @property
+    def memory_free(self) -> int:
+        return self.memory_budget - self.memory_used

@@ -1,0 +1,1 @@
+"""Wire types: one module per protocol (Ollama native, OpenAI, queue messages)."""

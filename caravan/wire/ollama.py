@@ -1,0 +1,158 @@
+"""Ollama's native API shapes (ollama-api.md §3), field by field.
+
+Lenient in: unknown keys are accepted and ignored. Exact out: responses are dumped with
+``exclude_none`` so optional fields behave like Go's ``omitempty``; durations are nanoseconds;
+timestamps are RFC3339 UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from caravan.errors import BadRequest
+
+
+def now_rfc3339() -> str:
+    """Server timestamp in Go's RFC3339Nano style, UTC."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def mtime_rfc3339(epoch: float) -> str:
+    """A file time with the local offset, as Ollama prints ``modified_at``."""
+    return datetime.fromtimestamp(epoch).astimezone().isoformat()
+
+
+class WireModel(BaseModel):
+    """Base for requests: unknown keys ignored; types strict as Go's decoder (``"yes"`` is no bool)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, strict=True)
+
+
+class ToolCallFunction(WireModel):
+    index: int = 0
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolCall(WireModel):
+    id: str | None = None
+    function: ToolCallFunction
+
+
+class Message(WireModel):
+    role: str
+    content: str = ""
+    thinking: str | None = None
+    images: list[str] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+
+    @field_validator("role")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _null_content(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+
+Format = Literal["json", ""] | dict[str, Any] | None
+Think = bool | Literal["low", "medium", "high", "max"] | None
+
+
+class InferenceRequest(WireModel):
+    """Fields shared by generate and chat."""
+
+    model: str = ""
+    stream: bool | None = None
+    format: Format = None
+    keep_alive: float | str | None = None
+    options: dict[str, Any] | None = None
+    think: Think = None
+    truncate: bool | None = None
+    shift: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _keep_alive_type(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, int | float | str) and not isinstance(value, bool)):
+            return value
+        raise BadRequest(f"Unsupported type: '{type(value).__name__}'")
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= 20:
+            raise BadRequest("top_logprobs must be between 0 and 20")
+        return value
+
+
+class GenerateRequest(InferenceRequest):
+    prompt: str = ""
+    suffix: str = ""
+    system: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    raw: bool = False
+    images: list[str] | None = None
+
+
+class ChatRequest(InferenceRequest):
+    messages: list[Message] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+
+
+class ShowRequest(WireModel):
+    model: str = ""
+    name: str = ""
+    verbose: bool = False
+    system: str | None = None
+
+
+class Metrics(BaseModel):
+    """The six duration/count fields of a final chunk (nanoseconds)."""
+
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+
+
+class GenerateResponse(Metrics):
+    model: str
+    created_at: str = Field(default_factory=now_rfc3339)
+    response: str = ""
+    thinking: str | None = None
+    done: bool = False
+    done_reason: str | None = None
+    context: list[int] | None = None
+
+
+class ResponseMessage(BaseModel):
+    role: str = "assistant"
+    content: str = ""
+    thinking: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class ChatResponse(Metrics):
+    model: str
+    created_at: str = Field(default_factory=now_rfc3339)
+    message: ResponseMessage = Field(default_factory=ResponseMessage)
+    done: bool = False
+    done_reason: str | None = None
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """Serialise a response the way Go's ``omitempty`` would."""
+    return model.model_dump(exclude_none=True)

@@ -1,0 +1,44 @@
+"""The gateway app: Ollama's API on :11434, queued through Redis to workers; model calls go to the registry."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from arq.connections import RedisSettings, create_pool
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from caravan.asgi import install_error_handlers
+from caravan.settings import GatewaySettings
+from gateway.inference import InferenceService
+from gateway.registry_client import RegistryClient
+from gateway.routes import inference, meta, models
+from gateway.scheduler import Scheduler
+
+
+def connect(url: str) -> Redis:
+    return Redis.from_url(url, socket_timeout=15, socket_connect_timeout=3, health_check_interval=30,
+                          socket_keepalive=True, max_connections=2048)
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = connect(settings.redis_url)
+        arq = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+        registry = RegistryClient(settings.registry_url)
+        scheduler = Scheduler(settings, redis, arq)
+        app.state.registry = registry
+        app.state.scheduler = scheduler
+        app.state.service = InferenceService(settings, redis, scheduler, registry)
+        yield
+        await registry.aclose()
+        await arq.aclose()
+        await redis.aclose()
+
+    app = FastAPI(title="caravan-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    for module in (meta, models, inference):
+        app.include_router(module.router)
+    return app

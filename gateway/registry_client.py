@@ -1,0 +1,52 @@
+"""The gateway's view of the registry service: resolve names to ModelRecords, and proxy model endpoints."""
+
+from __future__ import annotations
+
+import httpx
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from caravan.errors import NotFound, UpstreamError, from_wire
+from caravan.wire.registry import ModelRecord
+
+HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "host"}
+
+
+class RegistryClient:
+    """HTTP client for the registry service."""
+
+    def __init__(self, base_url: str) -> None:
+        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=httpx.Timeout(30, read=None))
+
+    async def resolve(self, model: str) -> ModelRecord:
+        """The record of ``model``; Ollama's ``model 'X' not found`` when unknown."""
+        try:
+            response = await self.http.post("/internal/resolve", json={"model": model})
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"registry unavailable: {exc}") from None
+        if response.status_code == 404:
+            raise NotFound(f"model '{model}' not found")
+        if response.status_code != 200:
+            raise from_wire({"status": response.status_code, **response.json()})
+        return ModelRecord.model_validate_json(response.content)
+
+    async def proxy(self, request: Request, path: str | None = None) -> Response:
+        """Forward ``request`` to the registry and stream its answer back unchanged."""
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        upstream = self.http.build_request(
+            request.method, path or request.url.path, params=request.query_params,
+            headers=headers, content=request.stream(),
+        )
+        try:
+            response = await self.http.send(upstream, stream=True)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"registry unavailable: {exc}") from None
+        out_headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_HEADERS}
+        return StreamingResponse(
+            response.aiter_raw(), status_code=response.status_code, headers=out_headers,
+            background=BackgroundTask(response.aclose),
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

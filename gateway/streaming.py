@@ -1,0 +1,142 @@
+"""Relay one request's reply stream (``caravan:r:{id}``) to the client.
+
+``ReplyReader`` XREADs the stream from ``0-0`` in BLOCK 1 s rounds; between rounds it notices a client that
+left (499 + cancel), a worker that died after starting (error at once), or no worker holding the spec
+before start (placement is retried). ``first()`` waits for the first payload event before any byte is
+sent, so early failures keep their HTTP status; later ones become a final ``{"error": ...}`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+from redis.asyncio import Redis
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from caravan import keys
+from caravan.errors import CaravanError, ClientClosed, from_wire
+from caravan.queue import Event, InferenceJob
+from gateway.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+BLOCK_MS = 1000
+
+
+class ReplyReader:
+    """Events of one job, in order, with liveness checks between reads."""
+
+    def __init__(self, redis: Redis, scheduler: Scheduler, job: InferenceJob, request: Request, load_timeout: float):
+        self.redis = redis
+        self.scheduler = scheduler
+        self.job = job
+        self.request = request
+        self.key = keys.reply(job.id)
+        self.last = b"0-0"
+        self.worker: str | None = None
+        self.started_at: float | None = None
+        self.finished = False
+        self.deadline = time.monotonic() + load_timeout
+        self._pending: list[Event] = []
+
+    async def next(self) -> Event:
+        while not self._pending:
+            reply = await self.redis.xread({self.key: self.last}, count=256, block=BLOCK_MS)
+            if not reply:
+                await self._idle_checks()
+                continue
+            for entry_id, fields in reply[0][1]:
+                self.last = entry_id
+                self._pending.append(Event.decode(fields))
+        event = self._pending.pop(0)
+        if event.t == "start":
+            self.worker, self.started_at = event.worker, time.perf_counter()
+        elif event.t in ("done", "err"):
+            self.finished = True
+        return event
+
+    async def first(self) -> Event:
+        """The first event that is not ``start``; an ``err`` here raises with its status."""
+        while (event := await self.next()).t == "start":
+            pass
+        if event.t == "err":
+            raise from_wire({"status": event.status, "error": event.error})
+        return event
+
+    async def rest(self) -> AsyncIterator[Event]:
+        while not self.finished:
+            yield await self.next()
+
+    async def _idle_checks(self) -> None:
+        if await self.request.is_disconnected():
+            raise ClientClosed("request canceled")
+        if self.worker is not None:
+            if not await self.redis.exists(keys.worker(self.worker)):
+                raise CaravanError(f"worker {self.worker} stopped while serving the request")
+            return
+        if time.monotonic() > self.deadline:
+            raise CaravanError("timed out waiting for a worker to load the model")
+        await self.scheduler.ensure_placed(self.job.spec)
+
+    async def close(self) -> None:
+        """Cancel unfinished work and drop the reply stream (shielded: runs on client disconnect too)."""
+        with anyio.CancelScope(shield=True):
+            try:
+                if self.finished:
+                    await self.redis.delete(self.key)
+                else:  # the worker's last events still land here and expire with the stream
+                    await self.scheduler.cancel(self.job.id)
+            except Exception as exc:  # cleanup must never mask the real outcome
+                log.warning("reply cleanup failed", extra={"error": str(exc)})
+
+
+Shaper = Callable[[Event], dict[str, Any] | None]
+
+
+def ndjson_line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def ndjson_stream(reader: ReplyReader, first: Event, shape: Shaper, headers: dict[str, str]) -> StreamingResponse:
+    """Stream shaped events as NDJSON; a failure mid-stream becomes a final error line."""
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            event: Event | None = first
+            events = reader.rest()
+            while event is not None:
+                if event.t == "err":
+                    yield ndjson_line({"error": event.error or "unknown error"})
+                    return
+                line = shape(event)
+                if line is not None:
+                    yield ndjson_line(line)
+                event = await anext(events, None)
+        except CaravanError as exc:
+            yield ndjson_line({"error": exc.message})
+        finally:
+            await reader.close()
+
+    return StreamingResponse(body(), media_type="application/x-ndjson", headers=headers)
+
+
+async def collect(reader: ReplyReader, first: Event) -> tuple[str, Event]:
+    """Non-streaming: concatenate text until the final event."""
+    parts: list[str] = []
+    event = first
+    try:
+        while event.t == "tok":
+            parts.append(event.text)
+            event = await reader.next()
+    finally:
+        await reader.close()
+    if event.t == "err":
+        raise from_wire({"status": event.status, "error": event.error})
+    return "".join(parts), event
+
+

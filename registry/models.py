@@ -1,0 +1,161 @@
+"""Read a stored model: its config, text layers, GGUF header; build /api/tags, /api/show and ModelRecord."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from caravan.prompt import template_capabilities
+
+from caravan.wire.ollama import mtime_rfc3339
+from caravan.wire.registry import Details, ModelRecord
+from registry.gguf import GGUFInfo, read_gguf
+from registry.modelfile import format_modelfile, format_parameters
+from registry.store import Store, StoredManifest
+
+
+@lru_cache(maxsize=64)
+def _gguf(path: str, mtime: float) -> GGUFInfo:
+    return read_gguf(path)
+
+
+class ModelView:
+    """One stored model with lazy access to its layers."""
+
+    def __init__(self, store: Store, stored: StoredManifest) -> None:
+        self.store = store
+        self.stored = stored
+        self.manifest = stored.manifest
+
+    def _text(self, kind: str) -> str | None:
+        layer = self.manifest.layer(kind) or (self.manifest.layer("prompt") if kind == "template" else None)
+        return self.store.read_blob(layer.digest).decode() if layer else None
+
+    def _json(self, kind: str, default: Any) -> Any:
+        text = self._text(kind)
+        return json.loads(text) if text else default
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads(self.store.read_blob(self.manifest.config.digest))
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self._json("params", {}))
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return list(self._json("messages", []))
+
+    @property
+    def template(self) -> str | None:
+        return self._text("template")
+
+    @property
+    def system(self) -> str | None:
+        return self._text("system")
+
+    @property
+    def licenses(self) -> list[str]:
+        layers = [layer for layer in self.manifest.layers if layer.kind == "license"]
+        return [self.store.read_blob(layer.digest).decode() for layer in layers]
+
+    @property
+    def model_path(self) -> Path | None:
+        layer = self.manifest.layer("model")
+        return self.store.blob_path(layer.digest) if layer else None
+
+    @property
+    def gguf(self) -> GGUFInfo | None:
+        path = self.model_path
+        if path is None or not path.is_file():
+            return None
+        return _gguf(str(path), path.stat().st_mtime)
+
+    def details(self) -> Details:
+        config = self.config
+        family = config.get("model_family", "")
+        return Details(
+            format=config.get("model_format", "gguf"),
+            family=family,
+            families=config.get("model_families") or ([family] if family else None),
+            parameter_size=config.get("model_type", ""),
+            quantization_level=config.get("file_type", ""),
+        )
+
+    def capabilities(self) -> list[str]:
+        caps: list[str] = list(self.config.get("capabilities") or [])
+        info = self.gguf
+        kv = info.kv if info else {}
+        arch = info.architecture if info else ""
+        caps.append("embedding" if f"{arch}.pooling_type" in kv else "completion")
+        if f"{arch}.vision.block_count" in kv or self.manifest.layer("projector"):
+            caps.append("vision")
+        template = self.template
+        if template is not None:
+            caps.extend(sorted(template_capabilities(template)))
+        elif info and info.chat_template and "tools" in info.chat_template:
+            caps.append("tools")
+        return list(dict.fromkeys(caps))
+
+    def record(self) -> ModelRecord:
+        layer = self.manifest.layer("model")
+        info = self.gguf
+        return ModelRecord(
+            name=self.stored.name.display,
+            digest=self.stored.digest,
+            blob=layer.digest if layer else "",
+            size=layer.size if layer else 0,
+            params=self.params,
+            template=self.template,
+            system=self.system,
+            messages=self.messages,
+            capabilities=self.capabilities(),
+            context_length=(info.context_length or 0) if info else 0,
+            details=self.details(),
+        )
+
+    def tags_entry(self) -> dict[str, Any]:
+        name = self.stored.name.display
+        return {
+            "name": name,
+            "model": name,
+            "modified_at": mtime_rfc3339(self.stored.mtime),
+            "size": self.manifest.size,
+            "digest": self.stored.digest,
+            "details": self.details().model_dump(exclude_none=True),
+            "capabilities": self.capabilities(),
+        }
+
+    def show(self, *, verbose: bool = False, system: str | None = None) -> dict[str, Any]:
+        info = self.gguf
+        system = system if system is not None else self.system
+        template = self.template if self.template is not None else (info.chat_template if info else None)
+        body: dict[str, Any] = {
+            "license": "\n".join(self.licenses) or None,
+            "modelfile": self.modelfile(system),
+            "parameters": format_parameters(self.params) or None,
+            "template": template,
+            "system": system,
+            "details": self.details().model_dump(exclude_none=True),
+            "messages": self.messages or None,
+            "model_info": info.model_info(verbose=verbose) if info else {},
+            "capabilities": self.capabilities(),
+            "modified_at": mtime_rfc3339(self.stored.mtime),
+        }
+        return {key: value for key, value in body.items() if value is not None}
+
+    def modelfile(self, system: str | None) -> str:
+        path = self.model_path
+        return format_modelfile(
+            from_=str(path) if path else self.stored.name.display,
+            template=self.template,
+            system=system,
+            parameters=self.params,
+            license=self.licenses,
+            messages=self.messages,
+            adapters=[str(self.store.blob_path(x.digest)) for x in self.manifest.layers if x.kind == "adapter"],
+            shortname=self.stored.name.display,
+        )

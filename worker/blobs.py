@@ -1,0 +1,62 @@
+"""Model weights for a worker: the shared store when mounted, else fetched by digest from the registry.
+
+A fetched blob is streamed to a temp file while hashing, verified against its digest, then renamed into
+the local cache, so a broken download never leaves a partial file under a digest name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from caravan.errors import DigestMismatch, UpstreamError
+from caravan.names import parse_digest
+
+
+class BlobCache:
+    """Find or fetch a blob; ``models`` is a shared Ollama store (optional), ``cache`` a local directory."""
+
+    def __init__(self, registry_url: str, cache: Path, models: Path | None = None) -> None:
+        self.registry_url = registry_url.rstrip("/")
+        self.cache = cache
+        self.models = models
+
+    def _name(self, digest: str) -> str:
+        return parse_digest(digest).replace(":", "-")
+
+    def local(self, digest: str) -> Path | None:
+        for root in (self.models / "blobs" if self.models else None, self.cache):
+            if root is not None and (root / self._name(digest)).is_file():
+                return root / self._name(digest)
+        return None
+
+    async def path(self, digest: str) -> Path:
+        """Local path of ``digest``, downloading it into the cache first when needed."""
+        found = self.local(digest)
+        return found if found is not None else await self._fetch(digest)
+
+    async def _fetch(self, digest: str) -> Path:
+        self.cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.cache, prefix=".tmp-")
+        hasher = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=300)) as client, client.stream(
+                    "GET", f"{self.registry_url}/internal/blobs/{parse_digest(digest)}"
+                ) as response:
+                    if response.status_code != 200:
+                        raise UpstreamError(f"registry answered {response.status_code} for blob {digest}")
+                    async for chunk in response.aiter_bytes(1 << 20):
+                        hasher.update(chunk)
+                        handle.write(chunk)
+            if f"sha256:{hasher.hexdigest()}" != parse_digest(digest):
+                raise DigestMismatch(f"digest mismatch for {digest}: got sha256:{hasher.hexdigest()}")
+            final = self.cache / self._name(digest)
+            os.replace(tmp, final)
+            return final  # noqa: ASYNC240 (a rename, not I/O on file contents)
+        finally:
+            Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Engines: the narrow interface a worker drives (load, stream a job, cancel, close)."""

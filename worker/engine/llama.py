@@ -1,0 +1,193 @@
+"""The real engine: llama-cpp-python's ``Llama``, owned by one thread (it is not thread-safe).
+
+Every call into llama.cpp runs on the engine's single-thread executor; token events cross to asyncio
+through an ``asyncio.Queue`` fed with ``call_soon_threadsafe``. ctypes releases the GIL during decode, so the
+worker's event loop keeps serving Redis while a model generates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from caravan.errors import BadRequest, CaravanError
+from caravan.queue import Event, InferenceJob, LoadSpec
+from worker.engine.base import Engine, Stats
+from worker.engine.text import TextStream
+from worker.prompting import TokenizerInfo, build_prompt
+
+_END = object()
+
+
+def _grammar(fmt: Any) -> Any:
+    from llama_cpp import LlamaGrammar
+
+    if fmt in (None, ""):
+        return None
+    if fmt == "json":
+        from llama_cpp.llama_grammar import JSON_GBNF
+
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    if isinstance(fmt, dict):
+        return LlamaGrammar.from_json_schema(json.dumps(fmt), verbose=False)
+    raise BadRequest(f'invalid format: {json.dumps(fmt)}; expected "json" or a valid JSON Schema object')
+
+
+class LlamaEngine(Engine):
+    """One GGUF loaded with llama-cpp-python's high-level API; one sequence at a time."""
+
+    def __init__(self, spec: LoadSpec, path: Path, *, n_threads: int = 0, n_gpu_layers: int = 0) -> None:
+        self.spec = spec
+        self.path = path
+        self.slots = 1
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{spec.key[:6]}")
+        self._n_threads = n_threads or spec.num_thread or None
+        self._n_gpu_layers = n_gpu_layers
+        self.llm: Any = None
+        self.info = TokenizerInfo(None)
+
+    async def load(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+
+    def _load(self) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(
+            model_path=str(self.path), n_ctx=self.spec.num_ctx, n_batch=self.spec.num_batch,
+            n_threads=self._n_threads, n_gpu_layers=self._n_gpu_layers, main_gpu=self.spec.main_gpu,
+            use_mmap=self.spec.use_mmap, verbose=False, seed=random.randrange(2**31),
+        )
+        meta = self.llm.metadata
+        vocab = self.llm._model
+        self.info = TokenizerInfo(
+            chat_template=meta.get("tokenizer.chat_template"),
+            bos_token=vocab.token_get_text(vocab.token_bos()) if vocab.token_bos() >= 0 else "",
+            eos_token=vocab.token_get_text(vocab.token_eos()) if vocab.token_eos() >= 0 else "",
+        )
+
+    async def stream(self, job: InferenceJob, cancel: threading.Event) -> AsyncIterator[Event]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def emit(item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        future = loop.run_in_executor(self._executor, self._run, job, cancel, emit)
+        try:
+            while (item := await queue.get()) is not _END:
+                yield item
+        finally:
+            cancel.set()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(future)
+
+    def _run(self, job: InferenceJob, cancel: threading.Event, emit: Callable[[Any], None]) -> None:
+        try:
+            emit(self._generate(job, cancel, emit))
+        except CaravanError as exc:
+            emit(Event(t="err", status=exc.status, error=exc.message))
+        except Exception as exc:  # llama.cpp failures must reach the client as an error line
+            emit(Event(t="err", status=500, error=str(exc) or type(exc).__name__))
+        finally:
+            emit(_END)
+
+    def _tokens(self, job: InferenceJob) -> list[int]:
+        text = build_prompt(job, self.info)
+        tokens: list[int] = list(job.context or []) if job.op == "generate" else []
+        tokens += self.llm.tokenize(text.encode(), add_bos=not tokens, special=True)
+        limit = self.spec.num_ctx - 1
+        if len(tokens) > limit:
+            keep = min(int(job.options.get("num_keep", 4)), limit // 2)
+            tokens = tokens[:keep] + tokens[-(limit - keep) :]
+        return tokens
+
+    def _sampling(self, options: dict[str, Any]) -> dict[str, Any]:
+        seed = int(options.get("seed", -1))
+        self.llm.set_seed(seed if seed >= 0 else random.randrange(2**31))
+        last_n = int(options.get("repeat_last_n", 64))
+        self.llm.last_n_tokens_size = self.spec.num_ctx if last_n < 0 else last_n
+        return {
+            "top_k": int(options.get("top_k", 40)), "top_p": float(options.get("top_p", 0.9)),
+            "min_p": float(options.get("min_p", 0.0)), "typical_p": float(options.get("typical_p", 1.0)),
+            "temp": float(options.get("temperature", 0.8)),
+            "repeat_penalty": float(options.get("repeat_penalty", 1.0)),
+            "frequency_penalty": float(options.get("frequency_penalty", 0.0)),
+            "presence_penalty": float(options.get("presence_penalty", 0.0)),
+        }
+
+    def _generate(self, job: InferenceJob, cancel: threading.Event, emit: Callable[[Any], None]) -> Event:
+        from llama_cpp import llama_cpp as C
+
+        stats = Stats()
+        tokens = self._tokens(job)
+        stats.prompt_tokens = len(tokens)
+        sampling = self._sampling(job.options)
+        limit = int(job.options.get("num_predict", -1))
+        text = TextStream(list(job.options.get("stop", [])))
+        out_tokens: list[int] = []
+        reason = "stop"
+        for seq, token in enumerate(self.llm.generate(tokens, grammar=_grammar(job.format), **sampling)):
+            if stats.first_token is None:
+                stats.first_token = time.perf_counter()
+            if cancel.is_set():
+                reason = "cancelled"
+                break
+            if C.llama_vocab_is_eog(self.llm._model.vocab, token):
+                break
+            out_tokens.append(token)
+            delta = text.feed(self._piece(token))
+            if delta:
+                emit(Event(t="tok", seq=seq, text=delta))
+            if text.stopped:
+                break
+            if len(out_tokens) == limit or len(tokens) + len(out_tokens) >= self.spec.num_ctx:
+                reason = "length"
+                break
+        tail = text.flush()
+        if tail:
+            emit(Event(t="tok", seq=len(out_tokens), text=tail))
+        stats.end = time.perf_counter()
+        stats.eval_tokens = len(out_tokens)
+        if job.op == "generate" and not job.raw:
+            stats.context = tokens + out_tokens
+        return Event(t="done", done_reason=reason, stats=stats.as_dict())
+
+    def _piece(self, token: int) -> bytes:
+        """The token's bytes (llama-cpp-python's own helper returns a NUL-padded 32-byte buffer)."""
+        import ctypes
+
+        from llama_cpp import llama_cpp as C
+
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = C.llama_token_to_piece(self.llm._model.vocab, token, buf, size, 0, False)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n
+
+    async def close(self) -> None:
+        def _free() -> None:
+            if self.llm is not None:
+                self.llm.close()
+                self.llm = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, _free)
+        self._executor.shutdown(wait=False)
+
+    @property
+    def memory(self) -> int:
+        return self.spec.size + kv_bytes(self.spec)
+
+
+def kv_bytes(spec: LoadSpec) -> int:
+    """Rough KV-cache estimate when the GGUF header isn't at hand: 64 KiB per context token per slot."""
+    return spec.num_ctx * spec.parallel * 64 * 1024 // 8

@@ -1,0 +1,264 @@
+"""The worker runtime: claim requests from Redis, run them on engines, stream replies, heartbeat, drain.
+
+    arq:ctl:{id} ── load_model/unload_model ──▶ Worker.load / Worker.unload
+    caravan:q:{spec} ── XREADGROUP (COUNT = free slots) ──▶ admit (XACK) ──▶ engine.stream ──▶ XADD caravan:r:{id}
+    caravan:cancel (pub/sub) + caravan:c:{id} ──▶ per-request threading.Event checked between tokens
+    every 2 s: SET caravan:w:{id} (EX 10) + ZADD caravan:workers; expire idle models past keep_alive
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from caravan import __version__, keys
+from caravan.logs import request_id
+from caravan.queue import (
+    Event,
+    InferenceJob,
+    LoadedModelState,
+    LoadSpec,
+    WorkerState,
+    decode_keep_alive,
+)
+from caravan.settings import WorkerSettings
+from worker.engine.base import Engine
+
+log = logging.getLogger(__name__)
+EngineFactory = Callable[[LoadSpec], Awaitable[Engine]]
+HEARTBEAT_EVERY = 2.0
+CLAIM_BLOCK_MS = 1000
+REDELIVER_IDLE_MS = 15000
+MAX_DELIVERIES = 3
+
+
+@dataclass
+class Loaded:
+    spec: LoadSpec
+    engine: Engine
+    loaded_at: float = field(default_factory=time.time)
+    in_flight: int = 0
+    keep_alive: float = 300.0
+    expires_at: float | None = None
+    last_used: float = field(default_factory=time.time)
+    slot_free: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def free(self) -> int:
+        return max(0, self.engine.slots - self.in_flight)
+
+    def state(self) -> LoadedModelState:
+        return LoadedModelState(
+            spec=self.spec, slots=self.engine.slots, in_flight=self.in_flight, size=self.engine.memory,
+            keep_alive=-1 if math.isinf(self.keep_alive) else self.keep_alive,
+            expires_at=self.expires_at, loaded_at=self.loaded_at, last_used=self.last_used,
+        )
+
+
+class Worker:
+    """One worker process: a set of loaded models within a memory budget."""
+
+    def __init__(self, settings: WorkerSettings, redis: Redis, make_engine: EngineFactory) -> None:
+        self.settings = settings
+        self.id = settings.worker_id
+        self.redis = redis
+        self.make_engine = make_engine
+        self.loaded: dict[str, Loaded] = {}
+        self.loading: dict[str, asyncio.Task[Loaded]] = {}
+        self.cancels: dict[str, threading.Event] = {}
+        self.draining = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- state -----------------------------------------------------------------------------------------
+    def state(self) -> WorkerState:
+        return WorkerState(
+            id=self.id, host=socket.gethostname(), device=self.settings.device,
+            memory_budget=self.settings.memory_budget,
+            memory_used=sum(m.engine.memory for m in self.loaded.values()),
+            models=[m.state() for m in self.loaded.values()], loading=list(self.loading),
+            draining=self.draining, version=__version__,
+        )
+
+    async def publish_state(self) -> None:
+        state = self.state()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.worker(self.id), state.model_dump_json(), ex=keys.HEARTBEAT_TTL)
+            pipe.zadd(keys.WORKERS, {self.id: int(time.time() * 1000)})
+            await pipe.execute()
+
+    # -- load / unload ---------------------------------------------------------------------------------
+    async def load(self, spec: LoadSpec) -> None:
+        """Load ``spec`` unless loaded or loading; idempotent."""
+        if spec.key in self.loaded:
+            return
+        if spec.key not in self.loading:
+            self.loading[spec.key] = asyncio.create_task(self._load(spec))
+            await self.publish_state()
+        try:
+            await asyncio.shield(self.loading[spec.key])
+        finally:
+            self.loading.pop(spec.key, None)
+            await self.publish_state()
+
+    async def _load(self, spec: LoadSpec) -> Loaded:
+        started = time.perf_counter()
+        engine = await self.make_engine(spec)
+        with contextlib.suppress(ResponseError):
+            await self.redis.xgroup_create(keys.queue(spec.key), keys.GROUP, id="0", mkstream=True)
+        model = Loaded(spec=spec, engine=engine)
+        self.loaded[spec.key] = model
+        model.task = asyncio.create_task(self._dispatch(model))
+        log.info("model loaded", extra={"model": spec.model, "spec": spec.key,
+                                        "seconds": round(time.perf_counter() - started, 3)})
+        return model
+
+    async def unload(self, spec_key: str) -> None:
+        """Stop claiming for ``spec_key``, wait for its requests, free it."""
+        model = self.loaded.pop(spec_key, None)
+        if model is None:
+            return
+        if model.task:
+            model.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await model.task
+        while model.in_flight:
+            model.slot_free.clear()
+            await model.slot_free.wait()
+        await model.engine.close()
+        await self.publish_state()
+        log.info("model unloaded", extra={"model": model.spec.model, "spec": spec_key})
+
+    # -- claiming ---------------------------------------------------------------------------------------
+    async def _dispatch(self, model: Loaded) -> None:
+        stream = keys.queue(model.spec.key)
+        while not self.draining:
+            try:
+                if model.free == 0:
+                    model.slot_free.clear()
+                    await model.slot_free.wait()
+                    continue
+                await self._claim(model, stream)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("claim failed, retrying", extra={"error": str(exc)})
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(RedisError, OSError):
+                    await self.redis.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
+
+    async def _claim(self, model: Loaded, stream: str) -> None:
+        reclaimed = await self.redis.xautoclaim(
+            stream, keys.GROUP, self.id, REDELIVER_IDLE_MS, "0-0", count=model.free
+        )
+        entries = reclaimed[1] if reclaimed else []
+        if not entries:
+            reply = await self.redis.xreadgroup(
+                keys.GROUP, self.id, {stream: ">"}, count=model.free, block=CLAIM_BLOCK_MS
+            )
+            entries = reply[0][1] if reply else []
+        for entry_id, fields in entries:
+            if fields:
+                await self._admit(model, stream, entry_id, fields)
+
+    async def _admit(self, model: Loaded, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        job = InferenceJob.decode(fields)
+        await self.redis.xack(stream, keys.GROUP, entry_id)
+        await self.redis.xdel(stream, entry_id)
+        if await self.redis.exists(keys.cancel(job.id)):
+            return
+        model.in_flight += 1
+        model.keep_alive = decode_keep_alive(job.keep_alive)
+        model.expires_at = None
+        cancel = self.cancels.setdefault(job.id, threading.Event())
+        task = asyncio.create_task(self._serve(model, job, cancel))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- serving ----------------------------------------------------------------------------------------
+    async def _serve(self, model: Loaded, job: InferenceJob, cancel: threading.Event) -> None:
+        request_id.set(job.id)
+        reply = keys.reply(job.id)
+        try:
+            await self._emit(reply, Event(t="start", worker=self.id))
+            if job.op == "load":
+                await self._emit(reply, Event(t="done", done_reason="load"))
+                return
+            async for event in model.engine.stream(job, cancel):
+                await self._emit(reply, event)
+        except (RedisError, OSError) as exc:
+            log.warning("reply stream failed", extra={"error": str(exc)})
+            cancel.set()
+        finally:
+            self.cancels.pop(job.id, None)
+            await self._release(model)
+
+    async def _emit(self, reply: str, event: Event) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(reply, event.encode(), maxlen=4096, approximate=True)
+            pipe.expire(reply, keys.REPLY_TTL)
+            await pipe.execute()
+
+    async def _release(self, model: Loaded) -> None:
+        model.in_flight -= 1
+        model.last_used = time.time()
+        model.slot_free.set()
+        if model.in_flight == 0:
+            if model.keep_alive == 0:
+                await self.unload(model.spec.key)
+                return
+            model.expires_at = None if math.isinf(model.keep_alive) else time.time() + model.keep_alive
+
+    # -- background loops ------------------------------------------------------------------------------
+    async def heartbeat_loop(self) -> None:
+        while True:
+            with contextlib.suppress(RedisError, OSError):
+                await self.publish_state()
+                await self._poll_cancels()
+            await self._expire_idle()
+            await asyncio.sleep(HEARTBEAT_EVERY)
+
+    async def _poll_cancels(self) -> None:
+        for rid, flag in list(self.cancels.items()):
+            if await self.redis.exists(keys.cancel(rid)):
+                flag.set()
+
+    async def _expire_idle(self) -> None:
+        now = time.time()
+        for key, model in list(self.loaded.items()):
+            if model.in_flight == 0 and model.expires_at is not None and model.expires_at <= now:
+                await self.unload(key)
+
+    async def cancel_listener(self) -> None:
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(keys.CANCEL_CHANNEL)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            flag = self.cancels.get(message["data"].decode())
+                            if flag:
+                                flag.set()
+            except (RedisError, OSError):
+                await asyncio.sleep(0.5)
+
+    async def drain(self) -> None:
+        """SIGTERM: stop claiming, finish in-flight requests, unload everything, leave the cluster."""
+        self.draining = True
+        with contextlib.suppress(RedisError, OSError):
+            await self.publish_state()
+        for key in list(self.loaded):
+            await self.unload(key)
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.delete(keys.worker(self.id))
+            await self.redis.zrem(keys.WORKERS, self.id)
