@@ -6,7 +6,9 @@
     caravan:cancel            channel  poke workers to check cancel flags
     caravan:w:{worker}        string   worker heartbeat JSON (EX ``HEARTBEAT_TTL``)
     caravan:workers           zset     worker id → last heartbeat (ms)
-    caravan:spec:{spec}       string   the LoadSpec JSON of a queue, so any worker can load it
+    caravan:q:{spec}:{worker} stream   one worker's private queue of a spec (session affinity)
+    caravan:aff:{conv}        string   worker that served a conversation prefix (EX 900)
+    caravan:loaderr:{spec}    string   last load failure of a spec (EX 30), so waiting requests fail fast
     caravan:dlq               stream   requests that killed too many workers
     arq:ctl:{worker}          arq      load/unload control jobs for one worker
 """
@@ -18,7 +20,9 @@ GROUP = "workers"
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
 WORKERS = f"{PREFIX}:workers"
 DLQ = f"{PREFIX}:dlq"
+WORKER_CLIENT_PREFIX = f"{PREFIX}-worker:"  # CLIENT SETNAME of every worker connection (liveness)
 HEARTBEAT_TTL = 10
+LOAD_ERROR_TTL = 30
 REPLY_TTL = 120
 CANCEL_TTL = 300
 
@@ -26,6 +30,21 @@ CANCEL_TTL = 300
 def queue(spec_key: str) -> str:
     """Inference request stream for one (model, load options) spec."""
     return f"{PREFIX}:q:{spec_key}"
+
+
+def worker_queue(spec_key: str, worker_id: str) -> str:
+    """One worker's private queue for a spec (affinity)."""
+    return f"{PREFIX}:q:{spec_key}:{worker_id}"
+
+
+def affinity(conversation: str) -> str:
+    """Which worker served a conversation prefix."""
+    return f"{PREFIX}:aff:{conversation}"
+
+
+def load_error(spec_key: str) -> str:
+    """The last load failure of a spec."""
+    return f"{PREFIX}:loaderr:{spec_key}"
 
 
 def reply(request_id: str) -> str:
@@ -41,11 +60,6 @@ def cancel(request_id: str) -> str:
 def worker(worker_id: str) -> str:
     """Heartbeat of one worker."""
     return f"{PREFIX}:w:{worker_id}"
-
-
-def spec(spec_key: str) -> str:
-    """The LoadSpec behind a queue."""
-    return f"{PREFIX}:spec:{spec_key}"
 
 
 def control_queue(worker_id: str) -> str:

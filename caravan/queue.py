@@ -17,6 +17,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 
+LOAD_OVERHEAD = 64 << 20  # compute buffers, tokenizer, runtime: measured ~40-60 MiB for small models on CPU
+
+
 class LoadSpec(BaseModel):
     """A model as loaded: weights blob + load-time options. ``key`` names its request queue."""
 
@@ -31,13 +34,18 @@ class LoadSpec(BaseModel):
     use_mmap: bool = True
     parallel: int = 1
     context_length: int = 0
-    chat_template: str | None = None
+    kv_bytes_per_token: int = 0
 
     @property
     def key(self) -> str:
         """Stable id of the spec (weights + load options)."""
-        fields = self.model_dump(exclude={"model", "size", "chat_template", "context_length"})
+        fields = self.model_dump(exclude={"model", "size", "context_length", "kv_bytes_per_token"})
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+    def estimate(self) -> int:
+        """Memory this spec needs once loaded: weights + f16 KV cache for num_ctx × parallel + overhead."""
+        kv = (self.kv_bytes_per_token or 64 * 1024) * self.num_ctx * max(1, self.parallel)
+        return self.size + kv + LOAD_OVERHEAD
 
 
 def encode_keep_alive(seconds: float) -> float:

@@ -73,11 +73,15 @@ class GatewaySettings(ServiceSettings):
     context_length: int = Field(
         4096, validation_alias=_alias("CARAVAN_CONTEXT_LENGTH", "OLLAMA_CONTEXT_LENGTH")
     )
-    load_timeout: float = 300.0
+    load_timeout: float = Field(300.0, validation_alias=_alias("CARAVAN_LOAD_TIMEOUT", "OLLAMA_LOAD_TIMEOUT"))
+    replica_queue_depth: int = 2
+    max_replicas: int = 0
+    affinity: bool = True
+    max_attempts: int = 3
 
-    @field_validator("keep_alive", mode="before")
+    @field_validator("keep_alive", "load_timeout", mode="before")
     @classmethod
-    def _keep_alive(cls, value: Any) -> Any:
+    def _durations(cls, value: Any) -> Any:
         return parse_env_keep_alive(value) if isinstance(value, str) else value
 
     @property

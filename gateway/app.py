@@ -13,7 +13,7 @@ from caravan.asgi import install_error_handlers
 from caravan.settings import GatewaySettings
 from gateway.inference import InferenceService
 from gateway.registry_client import RegistryClient
-from gateway.routes import embed, inference, meta, models, openai, status, transfer
+from gateway.routes import embed, inference, meta, models, openai, ps, status, transfer
 from gateway.scheduler import Scheduler
 
 
@@ -39,6 +39,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     app = FastAPI(title="caravan-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
-    for module in (meta, models, inference, embed, openai, transfer, status):
+    for module in (meta, models, inference, embed, openai, transfer, status, ps):
         app.include_router(module.router)
     return app

@@ -5,9 +5,10 @@ Handlers stay thin; everything the two endpoints share lives here.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from caravan import logs
 from caravan.duration import parse_keep_alive
 from caravan.errors import BadRequest
 from caravan.options import merge_options, validate_options
@@ -31,7 +33,7 @@ from caravan.wire.ollama import (
 )
 from caravan.wire.registry import ModelRecord
 from gateway.registry_client import RegistryClient
-from gateway.scheduler import Scheduler
+from gateway.scheduler import Scheduler, conversation_key
 from gateway.streaming import ReplyReader, collect, ndjson_stream
 
 
@@ -41,6 +43,15 @@ class Prepared:
     job: InferenceJob
     keep_alive: float
     started: float
+    conversation: list[dict[str, Any]] | None = None  # the client's chat messages, for session affinity
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def request_id_for(header: str | None) -> str:
+    """The client's ``X-Request-Id`` when it is a safe token, else a new one."""
+    return header if header and _REQUEST_ID.match(header) else uuid.uuid4().hex
 
 
 class InferenceService:
@@ -52,15 +63,17 @@ class InferenceService:
         self.scheduler = scheduler
         self.registry = registry
 
-    async def prepare(self, body: InferenceRequest, op: str, **fields: Any) -> Prepared:
+    async def prepare(self, body: InferenceRequest, op: str, request_id: str | None = None,
+                      **fields: Any) -> Prepared:
         started = time.perf_counter()
+        logs.request_id.set(request_id_for(request_id))
         record = await self.registry.resolve(body.model)
         keep_alive = parse_keep_alive(body.keep_alive, self.settings.keep_alive)
         check_capabilities(record, body)
         request_options = validate_options(body.options)
         options = merge_options(record.params, request_options)
         job = InferenceJob(
-            id=uuid.uuid4().hex, op=op, model=body.model,
+            id=logs.request_id.get() or uuid.uuid4().hex, op=op, model=body.model,
             spec=self.scheduler.spec_for(record, request_options), options=options,
             format=body.format or None, keep_alive=encode_keep_alive(keep_alive), created=time.time(), **fields,
         )
@@ -70,7 +83,9 @@ class InferenceService:
         await self.scheduler.unload(prepared.record.blob)
 
     async def run(self, request: Request, prepared: Prepared, stream: bool, shaper: ShaperFactory) -> Response:
-        await self.scheduler.submit(prepared.job)
+        conversation = prepared.conversation if self.settings.affinity else None
+        affinity = conversation_key(conversation[:-1]) if conversation and len(conversation) > 1 else None
+        await self.scheduler.submit(prepared.job, affinity)
         reader = ReplyReader(self.redis, self.scheduler, prepared.job, request, self.settings.load_timeout)
         try:
             first = await reader.first()
@@ -79,12 +94,26 @@ class InferenceService:
             raise
         shape = shaper(prepared, reader)
         headers = {"X-Request-Id": prepared.job.id}
+        on_done = self._remember(conversation, reader)
         if stream and prepared.job.op != "load":
-            return ndjson_stream(reader, first, shape, headers)
+            return ndjson_stream(reader, first, shape, headers, on_done)
         text, final = await collect(reader, first)
+        await on_done(text)
         body = shape(final)
         assert body is not None
         return JSONResponse(merge_text(body, text), headers=headers)
+
+
+    def _remember(self, conversation: list[dict[str, Any]] | None,
+                  reader: ReplyReader) -> Callable[[str], Awaitable[None]]:
+        """After a chat turn: remember which worker holds this conversation's KV cache."""
+
+        async def done(text: str) -> None:
+            if conversation and reader.served_by:
+                turn = [*conversation, {"role": "assistant", "content": text}]
+                await self.scheduler.remember(conversation_key(turn), reader.served_by)
+
+        return done
 
 
 ShaperFactory = Callable[[Prepared, ReplyReader], Callable[[Event], dict[str, Any] | None]]

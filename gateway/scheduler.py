@@ -1,13 +1,24 @@
 """Placement from the gateway's side: which queue a request goes to, and which worker loads a model.
 
-A request's queue is named by its LoadSpec (weights + load-time options). If no live worker holds or is
-loading that spec, the worker with the most free memory gets a ``load_model`` job on its own arq queue
-(job id ``load:{worker}:{spec}`` dedupes concurrent asks). Requests wait in the stream meanwhile.
+A request's queue is named by its LoadSpec (weights + load-time options): any worker that loaded that spec
+claims from it. Placement, per request:
+
+1. some live worker holds (or is loading) the spec and its queue is short → nothing to do;
+2. otherwise pick a worker: enough free memory first, then one that can evict idle models, most free memory
+   wins; a queue deeper than ``replica_queue_depth`` × the holders' slots adds a replica on another worker;
+3. the chosen worker gets a ``load_model`` job on its own arq queue (``load:{worker}:{spec}`` dedupes).
+
+Session affinity: a chat's next turn goes to the private queue ``caravan:q:{spec}:{worker}`` of the worker
+that served the previous turn (its KV cache holds the prefix), unless that worker is gone or busy.
+Liveness: a worker's Redis connections are named ``caravan-worker:{id}``; when the process dies Redis drops
+them at once, so ``alive`` notices a kill -9 within one read round, long before the heartbeat TTL.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import time
 from typing import Any
@@ -15,18 +26,27 @@ from typing import Any
 from arq.connections import ArqRedis
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from caravan import keys
-from caravan.errors import SERVER_BUSY, ServerBusy
+from caravan.errors import SERVER_BUSY, CaravanError, ServerBusy
 from caravan.queue import InferenceJob, LoadSpec, WorkerState
 from caravan.settings import GatewaySettings
 from caravan.wire.registry import ModelRecord
 
 log = logging.getLogger(__name__)
+ALIVE_CACHE_SECONDS = 0.25
+AFFINITY_TTL = 900
 
 
 class NoWorkers(ServerBusy):
     pass
+
+
+def conversation_key(messages: list[dict[str, Any]]) -> str:
+    """Identity of a conversation prefix (roles + contents), for session affinity."""
+    text = json.dumps([[m.get("role"), m.get("content")] for m in messages], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 class Scheduler:
@@ -36,6 +56,8 @@ class Scheduler:
         self.settings = settings
         self.redis = redis
         self.arq = arq
+        self._alive: set[str] | None = set()
+        self._alive_at = 0.0
 
     def spec_for(self, record: ModelRecord, options: dict[str, Any]) -> LoadSpec:
         """Load-time options from request options over model params over server defaults."""
@@ -48,11 +70,12 @@ class Scheduler:
             num_batch=int(merged.get("num_batch", 512)), num_gpu=int(merged.get("num_gpu", -1)),
             main_gpu=int(merged.get("main_gpu", 0)), num_thread=int(merged.get("num_thread", 0)),
             use_mmap=bool(merged.get("use_mmap", True)), parallel=self.settings.num_parallel,
-            context_length=record.context_length,
+            context_length=record.context_length, kv_bytes_per_token=record.kv_bytes_per_token,
         )
 
+    # -- cluster view ---------------------------------------------------------------------------------
     async def workers(self) -> list[WorkerState]:
-        """Live workers (heartbeat key present)."""
+        """Workers with a live heartbeat."""
         ids = [wid.decode() for wid in await self.redis.zrange(keys.WORKERS, 0, -1)]
         if not ids:
             return []
@@ -66,29 +89,98 @@ class Scheduler:
                 states.append(WorkerState.model_validate_json(blob))
         return states
 
-    async def ensure_placed(self, spec: LoadSpec) -> None:
-        """Make sure some live worker holds or is loading ``spec``."""
-        workers = await self.workers()
-        if any(w.holds(spec.key) and not w.draining for w in workers):
-            return
-        candidates = [w for w in workers if not w.draining]
-        if not candidates:
-            raise NoWorkers("no worker is available to run models; start one with `python -m worker`")
-        target = max(candidates, key=lambda w: (w.memory_free, -len(w.models)))
-        await self.arq.enqueue_job(
-            "load_model", spec.model_dump(), _job_id=f"load:{target.id}:{spec.key}",
-            _queue_name=keys.control_queue(target.id),
-        )
-        log.info("asked worker to load", extra={"worker": target.id, "model": spec.model, "spec": spec.key})
+    async def alive(self, worker_id: str) -> bool:
+        """The worker's process still holds Redis connections and its heartbeat has not expired."""
+        now = time.monotonic()
+        if now - self._alive_at > ALIVE_CACHE_SECONDS:
+            self._alive = await self._connected_workers()
+            self._alive_at = now
+        connected = self._alive is None or worker_id in self._alive
+        return connected and bool(await self.redis.exists(keys.worker(worker_id)))
 
-    async def submit(self, job: InferenceJob) -> None:
+    async def _connected_workers(self) -> set[str] | None:
+        """Ids of workers holding named connections; None when CLIENT LIST is not allowed (managed Redis)."""
+        try:
+            clients = await self.redis.client_list()
+        except ResponseError:
+            return None
+        return {c["name"].removeprefix(keys.WORKER_CLIENT_PREFIX) for c in clients
+                if c.get("name", "").startswith(keys.WORKER_CLIENT_PREFIX)}
+
+    # -- placement ------------------------------------------------------------------------------------
+    async def ensure_placed(self, spec: LoadSpec) -> None:
+        """Make sure enough live workers hold or are loading ``spec``."""
+        workers = [w for w in await self.workers() if not w.draining and await self.alive(w.id)]
+        holders = [w for w in workers if w.holds(spec.key)]
+        if holders and not await self._wants_replica(spec, holders, len(workers)):
+            return
+        target = choose_worker([w for w in workers if not w.holds(spec.key)], spec)
+        if target is None:
+            if holders:
+                return
+            if not workers:
+                raise NoWorkers("no worker is available to run models; start one with `python -m worker`")
+            biggest = max(w.memory_budget for w in workers)
+            raise CaravanError(f"model requires more memory ({spec.estimate()} bytes) than any worker "
+                               f"has ({biggest} bytes)")
+        await self.load_on(target.id, spec)
+
+    async def _wants_replica(self, spec: LoadSpec, holders: list[WorkerState], total: int) -> bool:
+        limit = self.settings.max_replicas or total
+        if len(holders) >= limit:
+            return False
+        slots = sum(m.slots for w in holders for m in w.models if m.spec.key == spec.key) or len(holders)
+        return bool(await self.redis.xlen(keys.queue(spec.key)) > self.settings.replica_queue_depth * slots)
+
+    async def load_on(self, worker_id: str, spec: LoadSpec) -> None:
+        await self.arq.enqueue_job(
+            "load_model", spec.model_dump(), _job_id=f"load:{worker_id}:{spec.key}",
+            _queue_name=keys.control_queue(worker_id),
+        )
+        log.info("asked worker to load", extra={"worker": worker_id, "model": spec.model, "spec": spec.key})
+
+    async def load_failure(self, spec: LoadSpec) -> str | None:
+        """The error of a failed load of ``spec`` reported by a worker in the last seconds."""
+        raw = await self.redis.get(keys.load_error(spec.key))
+        return raw.decode() if raw else None
+
+    # -- queues ---------------------------------------------------------------------------------------
+    async def submit(self, job: InferenceJob, affinity: str | None = None) -> None:
         """Place and enqueue ``job``; 503 when its queue is full."""
-        queue = keys.queue(job.spec.key)
-        if await self.redis.xlen(queue) >= self.settings.max_queue:
+        if await self.redis.xlen(keys.queue(job.spec.key)) >= self.settings.max_queue:
             raise ServerBusy(SERVER_BUSY)
-        await self.ensure_placed(job.spec)
         job.created = job.created or time.time()
-        await self.redis.xadd(queue, job.encode())
+        if affinity and await self._affine(job, affinity):
+            return
+        await self.ensure_placed(job.spec)
+        await self.redis.xadd(keys.queue(job.spec.key), job.encode())
+
+    async def _affine(self, job: InferenceJob, conversation: str) -> bool:
+        """Enqueue on the private queue of the worker that served this conversation, if it can take it."""
+        raw = await self.redis.get(keys.affinity(conversation))
+        if raw is None:
+            return False
+        worker_id = raw.decode()
+        state = next((w for w in await self.workers() if w.id == worker_id and not w.draining), None)
+        model = next((m for m in state.models if m.spec.key == job.spec.key), None) if state else None
+        if model is None or not await self.alive(worker_id):
+            return False
+        if model.in_flight + await self.redis.xlen(keys.worker_queue(job.spec.key, worker_id)) >= model.slots:
+            return False
+        await self.redis.xadd(keys.worker_queue(job.spec.key, worker_id), job.encode())
+        return True
+
+    async def remember(self, conversation: str, worker_id: str) -> None:
+        """The worker that served a conversation (its next turn's preferred worker)."""
+        await self.redis.set(keys.affinity(conversation), worker_id, ex=AFFINITY_TTL)
+
+    async def resubmit(self, job: InferenceJob) -> None:
+        """Put a job that lost its worker before streaming anything back on the shared queue."""
+        job.attempt += 1
+        if job.attempt >= self.settings.max_attempts:
+            raise CaravanError(f"the request failed on {job.attempt} workers that stopped while serving it")
+        await self.ensure_placed(job.spec)
+        await self.redis.xadd(keys.queue(job.spec.key), job.encode())
 
     async def unload(self, blob: str) -> int:
         """Ask every worker holding a spec of ``blob`` to unload it; returns how many were asked."""
@@ -107,3 +199,17 @@ class Scheduler:
         """Flag a request as cancelled and poke the workers."""
         await self.redis.set(keys.cancel(request_id), b"1", ex=keys.CANCEL_TTL)
         await self.redis.publish(keys.CANCEL_CHANNEL, request_id)
+
+
+def choose_worker(candidates: list[WorkerState], spec: LoadSpec) -> WorkerState | None:
+    """Enough free memory first, then enough after evicting idle models; most free memory wins."""
+    need = spec.estimate()
+    fits = [w for w in candidates if w.memory_free >= need]
+    if fits:
+        return max(fits, key=lambda w: (w.memory_free, -len(w.models)))
+    evictable = [w for w in candidates if w.memory_free + idle_memory(w) >= need]
+    return max(evictable, key=lambda w: w.memory_free + idle_memory(w)) if evictable else None
+
+
+def idle_memory(worker: WorkerState) -> int:
+    return sum(m.size for m in worker.models if m.in_flight == 0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -39,8 +39,10 @@ class ReplyReader:
         self.key = keys.reply(job.id)
         self.last = b"0-0"
         self.worker: str | None = None
+        self.served_by: str | None = None
         self.started_at: float | None = None
         self.finished = False
+        self.delivered = False
         self.deadline = time.monotonic() + load_timeout
         self._pending: list[Event] = []
 
@@ -55,17 +57,22 @@ class ReplyReader:
                 self._pending.append(Event.decode(fields))
         event = self._pending.pop(0)
         if event.t == "start":
-            self.worker, self.started_at = event.worker, time.perf_counter()
+            self.worker = self.served_by = event.worker
+            self.started_at = self.started_at or time.perf_counter()
         elif event.t in ("done", "err"):
             self.finished = True
         return event
 
     async def first(self) -> Event:
-        """The first event that is not ``start``; an ``err`` here raises with its status."""
+        """The first event that is not ``start``; an ``err`` here raises with its status.
+
+        Until this returns nothing has reached the client, so a worker that dies now costs only a retry.
+        """
         while (event := await self.next()).t == "start":
             pass
         if event.t == "err":
             raise from_wire({"status": event.status, "error": event.error})
+        self.delivered = True
         return event
 
     async def rest(self) -> AsyncIterator[Event]:
@@ -76,12 +83,22 @@ class ReplyReader:
         if await self.request.is_disconnected():
             raise ClientClosed("request canceled")
         if self.worker is not None:
-            if not await self.redis.exists(keys.worker(self.worker)):
-                raise CaravanError(f"worker {self.worker} stopped while serving the request")
+            if not await self.scheduler.alive(self.worker):
+                await self._worker_lost()
             return
+        failure = await self.scheduler.load_failure(self.job.spec)
+        if failure:
+            raise CaravanError(failure)
         if time.monotonic() > self.deadline:
             raise CaravanError("timed out waiting for a worker to load the model")
         await self.scheduler.ensure_placed(self.job.spec)
+
+    async def _worker_lost(self) -> None:
+        lost, self.worker = self.worker, None
+        if self.delivered:
+            raise CaravanError(f"worker {lost} stopped while generating the response")
+        log.warning("worker lost before streaming; retrying elsewhere", extra={"worker": lost})
+        await self.scheduler.resubmit(self.job)
 
     async def close(self) -> None:
         """Cancel unfinished work and drop the reply stream (shielded: runs on client disconnect too)."""
@@ -102,10 +119,12 @@ def ndjson_line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
-def ndjson_stream(reader: ReplyReader, first: Event, shape: Shaper, headers: dict[str, str]) -> StreamingResponse:
+def ndjson_stream(reader: ReplyReader, first: Event, shape: Shaper, headers: dict[str, str],
+                  on_done: Callable[[str], Awaitable[None]]) -> StreamingResponse:
     """Stream shaped events as NDJSON; a failure mid-stream becomes a final error line."""
 
     async def body() -> AsyncIterator[bytes]:
+        text: list[str] = []
         try:
             event: Event | None = first
             events = reader.rest()
@@ -113,6 +132,10 @@ def ndjson_stream(reader: ReplyReader, first: Event, shape: Shaper, headers: dic
                 if event.t == "err":
                     yield ndjson_line({"error": event.error or "unknown error"})
                     return
+                if event.t == "tok":
+                    text.append(event.text)
+                elif event.t == "done":
+                    await on_done("".join(text))
                 line = shape(event)
                 if line is not None:
                     yield ndjson_line(line)

@@ -16,6 +16,19 @@ from registry.modelfile import format_modelfile, format_parameters
 from registry.store import Store, StoredManifest
 
 
+def kv_bytes_per_token(info: GGUFInfo | None) -> int:
+    """f16 K+V bytes one context token costs: layers × kv heads × head dim × 2 (K and V) × 2 bytes."""
+    if info is None:
+        return 0
+    arch, kv = info.architecture, info.kv
+    layers = int(kv.get(f"{arch}.block_count") or 0)
+    heads = int(kv.get(f"{arch}.attention.head_count") or 1)
+    kv_heads = int(kv.get(f"{arch}.attention.head_count_kv") or heads)
+    embed = int(kv.get(f"{arch}.embedding_length") or 0)
+    head_dim = int(kv.get(f"{arch}.attention.key_length") or (embed // heads if heads else 0))
+    return layers * kv_heads * head_dim * 2 * 2
+
+
 @lru_cache(maxsize=64)
 def _gguf(path: str, mtime: float) -> GGUFInfo:
     return read_gguf(path)
@@ -114,6 +127,7 @@ class ModelView:
             messages=self.messages,
             capabilities=self.capabilities(),
             context_length=(info.context_length or 0) if info else 0,
+            kv_bytes_per_token=kv_bytes_per_token(info),
             details=self.details(),
         )
 

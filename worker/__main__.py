@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -11,11 +10,12 @@ from collections.abc import Awaitable, Callable
 from arq.connections import RedisSettings, create_pool
 from redis.asyncio import Redis
 
+from caravan import keys
 from caravan.logs import setup_logging
 from caravan.queue import LoadSpec
 from caravan.settings import WorkerSettings
 from worker.blobs import BlobCache
-from worker.control import control_worker
+from worker.control import run_control
 from worker.engine.base import Engine
 from worker.runner import Worker
 
@@ -38,13 +38,14 @@ def engine_factory(settings: WorkerSettings, blobs: BlobCache) -> Callable[[Load
     return make
 
 
-def connect(url: str) -> Redis:
+def connect(url: str, worker_id: str) -> Redis:
+    """Every connection carries the worker's name, so the gateway sees a dead worker's connections vanish."""
     return Redis.from_url(url, socket_timeout=15, socket_connect_timeout=3, health_check_interval=30,
-                          socket_keepalive=True)
+                          socket_keepalive=True, client_name=f"{keys.WORKER_CLIENT_PREFIX}{worker_id}")
 
 
 async def serve(settings: WorkerSettings) -> None:
-    redis = connect(settings.redis_url)
+    redis = connect(settings.redis_url, settings.worker_id)
     pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
     blobs = BlobCache(settings.registry_url, settings.cache_dir, settings.models)
     worker = Worker(settings, redis, engine_factory(settings, blobs))
@@ -52,18 +53,15 @@ async def serve(settings: WorkerSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    arq_worker = control_worker(worker, pool)
     tasks = [asyncio.create_task(coro) for coro in
-             (worker.heartbeat_loop(), worker.cancel_listener(), arq_worker.async_run())]
+             (worker.heartbeat_loop(), worker.cancel_listener(), run_control(worker, pool))]
     log.info("worker started", extra={"settings": settings.redacted()})
     await stop.wait()
     log.info("draining")
     await worker.drain()
     for task in tasks:
         task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await arq_worker.close()
+    await asyncio.gather(*tasks, return_exceptions=True)
     await redis.aclose()
     await pool.aclose()
     log.info("worker stopped")

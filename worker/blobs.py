@@ -57,6 +57,6 @@ class BlobCache:
                 raise DigestMismatch(f"digest mismatch for {digest}: got sha256:{hasher.hexdigest()}")
             final = self.cache / self._name(digest)
             os.replace(tmp, final)
-            return final  # noqa: ASYNC240 (a rename, not I/O on file contents)
+            return final
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            Path(tmp).unlink(missing_ok=True)  # noqa: ASYNC240 (metadata only)

@@ -6,15 +6,20 @@ later can be loaded again under the same id.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from arq.connections import ArqRedis
 from arq.worker import Worker as ArqWorker
 from arq.worker import func
+from redis.exceptions import RedisError
 
 from caravan import keys
 from caravan.queue import LoadSpec
 from worker.runner import Worker
+
+log = logging.getLogger(__name__)
 
 
 async def load_model(ctx: dict[str, Any], spec: dict[str, Any]) -> str:
@@ -45,3 +50,16 @@ def control_worker(worker: Worker, pool: ArqRedis) -> ArqWorker:
         ctx={"caravan": worker},
         health_check_key=f"{keys.control_queue(worker.id)}:health",
     )
+
+
+async def run_control(worker: Worker, pool: ArqRedis) -> None:
+    """Run the control worker for ever, rebuilding it after a Redis outage."""
+    while True:
+        control = control_worker(worker, pool)
+        try:
+            await control.main()
+        except (RedisError, OSError) as exc:
+            log.warning("control queue lost Redis, reconnecting", extra={"error": str(exc)})
+            await asyncio.sleep(1.0)
+        finally:
+            await control.close()

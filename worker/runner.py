@@ -17,11 +17,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from caravan import __version__, keys
+from caravan.errors import CaravanError
 from caravan.logs import request_id
 from caravan.queue import (
     Event,
@@ -35,9 +37,11 @@ from caravan.settings import WorkerSettings
 from worker.engine.base import Engine
 
 log = logging.getLogger(__name__)
+Fields = dict[Any, Any]
 EngineFactory = Callable[[LoadSpec], Awaitable[Engine]]
 HEARTBEAT_EVERY = 2.0
 CLAIM_BLOCK_MS = 1000
+RECLAIM_EVERY = 5.0
 REDELIVER_IDLE_MS = 15000
 MAX_DELIVERIES = 3
 
@@ -99,7 +103,7 @@ class Worker:
 
     # -- load / unload ---------------------------------------------------------------------------------
     async def load(self, spec: LoadSpec) -> None:
-        """Load ``spec`` unless loaded or loading; idempotent."""
+        """Load ``spec`` unless loaded or loading; idempotent. A failure is published for waiting requests."""
         if spec.key in self.loaded:
             return
         if spec.key not in self.loading:
@@ -107,21 +111,52 @@ class Worker:
             await self.publish_state()
         try:
             await asyncio.shield(self.loading[spec.key])
+        except Exception as exc:
+            message = str(exc) or type(exc).__name__
+            log.error("model load failed", extra={"model": spec.model, "error": message})
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.set(keys.load_error(spec.key), message, ex=keys.LOAD_ERROR_TTL)
+            raise
         finally:
             self.loading.pop(spec.key, None)
             await self.publish_state()
 
     async def _load(self, spec: LoadSpec) -> Loaded:
         started = time.perf_counter()
+        await self._make_room(spec)
         engine = await self.make_engine(spec)
-        with contextlib.suppress(ResponseError):
-            await self.redis.xgroup_create(keys.queue(spec.key), keys.GROUP, id="0", mkstream=True)
+        for stream in (keys.queue(spec.key), keys.worker_queue(spec.key, self.id)):
+            with contextlib.suppress(ResponseError):
+                await self.redis.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
         model = Loaded(spec=spec, engine=engine)
         self.loaded[spec.key] = model
         model.task = asyncio.create_task(self._dispatch(model))
         log.info("model loaded", extra={"model": spec.model, "spec": spec.key,
                                         "seconds": round(time.perf_counter() - started, 3)})
         return model
+
+    def _used(self) -> int:
+        return sum(m.engine.memory for m in self.loaded.values())
+
+    async def _make_room(self, spec: LoadSpec) -> None:
+        """Evict idle models, least recently used first, until ``spec`` fits the memory budget.
+
+        Models with requests in flight are never evicted: when only busy models stand in the way, wait for
+        one of them to go idle (up to the load timeout of the job).
+        """
+        need, budget = spec.estimate(), self.settings.memory_budget
+        if need > budget:
+            raise CaravanError(f"model requires more memory ({need} bytes) than this worker's budget ({budget})")
+        while self._used() + need > budget:
+            idle = sorted((m for m in self.loaded.values() if m.in_flight == 0), key=lambda m: m.last_used)
+            if idle:
+                log.info("evicting idle model", extra={"model": idle[0].spec.model, "for": spec.model})
+                await self.unload(idle[0].spec.key)
+                continue
+            waits = [asyncio.create_task(m.slot_free.wait()) for m in self.loaded.values()]
+            _, pending = await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
 
     async def unload(self, spec_key: str) -> None:
         """Stop claiming for ``spec_key``, wait for its requests, free it."""
@@ -141,41 +176,63 @@ class Worker:
 
     # -- claiming ---------------------------------------------------------------------------------------
     async def _dispatch(self, model: Loaded) -> None:
-        stream = keys.queue(model.spec.key)
+        streams: Fields = {keys.worker_queue(model.spec.key, self.id): ">", keys.queue(model.spec.key): ">"}
+        next_reclaim = 0.0
         while not self.draining:
             try:
                 if model.free == 0:
                     model.slot_free.clear()
                     await model.slot_free.wait()
                     continue
-                await self._claim(model, stream)
+                if time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + RECLAIM_EVERY
+                    await self._reclaim(model)
+                reply = await self.redis.xreadgroup(keys.GROUP, self.id, streams, count=model.free,
+                                                    block=CLAIM_BLOCK_MS)
+                for stream, entries in reply or []:
+                    for entry_id, fields in entries:
+                        await self._admit(model, stream.decode(), entry_id, fields)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
                 log.warning("claim failed, retrying", extra={"error": str(exc)})
                 await asyncio.sleep(0.5)
-                with contextlib.suppress(RedisError, OSError):
-                    await self.redis.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
+                for stream in streams:
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.redis.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
 
-    async def _claim(self, model: Loaded, stream: str) -> None:
-        reclaimed = await self.redis.xautoclaim(
-            stream, keys.GROUP, self.id, REDELIVER_IDLE_MS, "0-0", count=model.free
-        )
-        entries = reclaimed[1] if reclaimed else []
-        if not entries:
-            reply = await self.redis.xreadgroup(
-                keys.GROUP, self.id, {stream: ">"}, count=model.free, block=CLAIM_BLOCK_MS
-            )
-            entries = reply[0][1] if reply else []
-        for entry_id, fields in entries:
-            if fields:
+    async def _reclaim(self, model: Loaded) -> None:
+        """Re-deliver entries a dead peer read but never admitted; dead-letter ones delivered too often."""
+        stream = keys.queue(model.spec.key)
+        reclaimed = await self.redis.xautoclaim(stream, keys.GROUP, self.id, REDELIVER_IDLE_MS, "0-0",
+                                                count=max(1, model.free))
+        for entry_id, fields in reclaimed[1] if reclaimed else []:
+            if not fields:
+                continue
+            info = await self.redis.xpending_range(stream, keys.GROUP, entry_id, entry_id, 1)
+            if info and info[0]["times_delivered"] > MAX_DELIVERIES:
+                await self._dead_letter(stream, entry_id, fields)
+            else:
                 await self._admit(model, stream, entry_id, fields)
 
-    async def _admit(self, model: Loaded, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    async def _dead_letter(self, stream: str, entry_id: bytes, fields: Fields) -> None:
         job = InferenceJob.decode(fields)
+        await self.redis.xadd(keys.DLQ, fields, maxlen=1000, approximate=True)
         await self.redis.xack(stream, keys.GROUP, entry_id)
         await self.redis.xdel(stream, entry_id)
-        if await self.redis.exists(keys.cancel(job.id)):
+        await self._emit(keys.reply(job.id), Event(t="err", status=500, error=(
+            f"the request was delivered {MAX_DELIVERIES} times without completing; it was moved to {keys.DLQ}")))
+
+    async def _admit(self, model: Loaded, stream: str, entry_id: bytes, fields: Fields) -> None:
+        job = InferenceJob.decode(fields)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if self.draining or model.free == 0:  # claimed too many, or stopping: hand it to someone else
+                pipe.xadd(keys.queue(model.spec.key), fields)
+            pipe.xack(stream, keys.GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+            pipe.exists(keys.cancel(job.id))
+            *_, cancelled = await pipe.execute()
+        if cancelled or self.draining or model.free == 0:
             return
         model.in_flight += 1
         model.keep_alive = decode_keep_alive(job.keep_alive)

@@ -31,6 +31,7 @@ class ModelRecord(BaseModel):
     messages: list[dict[str, Any]] = Field(default_factory=list)
     capabilities: list[str] = Field(default_factory=list)
     context_length: int = 0
+    kv_bytes_per_token: int = 0
     details: Details = Field(default_factory=Details)
 
 

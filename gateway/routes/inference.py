@@ -22,7 +22,8 @@ async def generate(request: Request, service: ServiceDep) -> Response:
     if body.raw and (body.template or body.system or body.context):
         raise BadRequest("raw mode does not support template, system, or context")
     load_only = not body.prompt and not body.suffix
-    prepared = await service.prepare(body, "load" if load_only else "generate", prompt=body.prompt,
+    prepared = await service.prepare(body, "load" if load_only else "generate",
+                                     request.headers.get("x-request-id"), prompt=body.prompt,
                                      suffix=body.suffix, raw=body.raw, context=body.context)
     record, job = prepared.record, prepared.job
     job.system = body.system if body.system is not None else record.system
@@ -40,9 +41,11 @@ async def chat(request: Request, service: ServiceDep) -> Response:
     if not body.model:
         raise BadRequest("model is required")
     load_only = not body.messages
-    prepared = await service.prepare(body, "load" if load_only else "chat", tools=body.tools)
+    prepared = await service.prepare(body, "load" if load_only else "chat", request.headers.get("x-request-id"),
+                                     tools=body.tools)
     record, job = prepared.record, prepared.job
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    prepared.conversation = messages.copy()
     if record.system and (not messages or messages[0]["role"] != "system"):
         messages.insert(0, {"role": "system", "content": record.system})
     job.messages = record.messages + messages

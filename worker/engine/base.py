@@ -57,4 +57,4 @@ class Engine(abc.ABC):
     @property
     def memory(self) -> int:
         """Bytes this engine holds (estimate)."""
-        return self.spec.size
+        return self.spec.estimate()

@@ -183,11 +183,3 @@ class LlamaEngine(Engine):
         await asyncio.get_running_loop().run_in_executor(self._executor, _free)
         self._executor.shutdown(wait=False)
 
-    @property
-    def memory(self) -> int:
-        return self.spec.size + kv_bytes(self.spec)
-
-
-def kv_bytes(spec: LoadSpec) -> int:
-    """Rough KV-cache estimate when the GGUF header isn't at hand: 64 KiB per context token per slot."""
-    return spec.num_ctx * spec.parallel * 64 * 1024 // 8
