@@ -79,18 +79,26 @@ class LocalCluster:
         self.procs[name] = proc
         return proc
 
-    def start_redis(self) -> None:
-        if self.redis_url:
+    def start_redis(self, port: int | None = None) -> None:
+        """The embedded Redis: a private ``redis-server`` child (only when no Redis URL was configured)."""
+        if self.redis_url and port is None:
             return
         binary = shutil.which("redis-server")
         if binary is None:
             raise CaravanError(REDIS_HINT)
-        port = free_port()
+        port = port or free_port()
         data = Path(tempfile.mkdtemp(prefix="caravan-redis-"))
         self.spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(data)], {})
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         self._wait_tcp(port, "redis")
+
+    def restart_redis(self) -> None:
+        """Stop the embedded Redis and start a fresh one on the same port (its data is gone)."""
+        proc = self.procs["redis"]
+        proc.terminate()
+        proc.wait(10)
+        self.start_redis(port=int(self.redis_url.rsplit(":", 1)[1].split("/")[0]))
 
     def common_env(self) -> dict[str, str]:
         return {"CARAVAN_REDIS_URL": self.redis_url, "CARAVAN_REGISTRY_URL": self.registry_url,

@@ -6,12 +6,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from arq.connections import RedisSettings, create_pool
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from caravan.asgi import install_error_handlers
 from caravan.settings import GatewaySettings
+from gateway.access import AccessMiddleware
 from gateway.inference import InferenceService
+from gateway.metrics import GatewayMetrics
 from gateway.registry_client import RegistryClient
 from gateway.routes import embed, inference, meta, models, openai, ps, status, transfer
 from gateway.scheduler import Scheduler
@@ -22,7 +26,13 @@ def connect(url: str) -> Redis:
                           socket_keepalive=True, max_connections=2048)
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
+async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"error": f"the cluster queue (Redis) is unavailable: {exc}"}, status_code=503)
+
+
+def create_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> FastAPI:
+    app_metrics = metrics or GatewayMetrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = connect(settings.redis_url)
@@ -31,7 +41,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         scheduler = Scheduler(settings, redis, arq)
         app.state.registry = registry
         app.state.scheduler = scheduler
-        app.state.service = InferenceService(settings, redis, scheduler, registry)
+        app.state.service = InferenceService(settings, redis, scheduler, registry, app_metrics)
         yield
         await registry.aclose()
         await arq.aclose()
@@ -39,6 +49,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     app = FastAPI(title="caravan-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
+    app.state.metrics = app_metrics
+    app.add_middleware(AccessMiddleware, metrics=app_metrics)
+    app.add_exception_handler(RedisError, _redis_down)
     for module in (meta, models, inference, embed, openai, transfer, status, ps):
         app.include_router(module.router)
     return app

@@ -35,6 +35,7 @@ from caravan.queue import (
 )
 from caravan.settings import WorkerSettings
 from worker.engine.base import Engine
+from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 Fields = dict[Any, Any]
@@ -73,9 +74,11 @@ class Loaded:
 class Worker:
     """One worker process: a set of loaded models within a memory budget."""
 
-    def __init__(self, settings: WorkerSettings, redis: Redis, make_engine: EngineFactory) -> None:
+    def __init__(self, settings: WorkerSettings, redis: Redis, make_engine: EngineFactory,
+                 metrics: WorkerMetrics | None = None) -> None:
         self.settings = settings
         self.id = settings.worker_id
+        self.metrics = metrics or WorkerMetrics(self.id)
         self.redis = redis
         self.make_engine = make_engine
         self.loaded: dict[str, Loaded] = {}
@@ -91,11 +94,12 @@ class Worker:
             memory_budget=self.settings.memory_budget,
             memory_used=sum(m.engine.memory for m in self.loaded.values()),
             models=[m.state() for m in self.loaded.values()], loading=list(self.loading),
-            draining=self.draining, version=__version__,
+            draining=self.draining, version=__version__, metrics_url=self.metrics.url,
         )
 
     async def publish_state(self) -> None:
         state = self.state()
+        self.metrics.observe_state(state)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.worker(self.id), state.model_dump_json(), ex=keys.HEARTBEAT_TTL)
             pipe.zadd(keys.WORKERS, {self.id: int(time.time() * 1000)})
@@ -124,7 +128,8 @@ class Worker:
     async def _load(self, spec: LoadSpec) -> Loaded:
         started = time.perf_counter()
         await self._make_room(spec)
-        engine = await self.make_engine(spec)
+        with self.metrics.loading(spec.model):
+            engine = await self.make_engine(spec)
         for stream in (keys.queue(spec.key), keys.worker_queue(spec.key, self.id)):
             with contextlib.suppress(ResponseError):
                 await self.redis.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
@@ -171,6 +176,7 @@ class Worker:
             model.slot_free.clear()
             await model.slot_free.wait()
         await model.engine.close()
+        self.metrics.unloaded(model.spec.model)
         await self.publish_state()
         log.info("model unloaded", extra={"model": model.spec.model, "spec": spec_key})
 
@@ -251,7 +257,10 @@ class Worker:
             if job.op == "load":
                 await self._emit(reply, Event(t="done", done_reason="load"))
                 return
-            async for event in model.engine.stream(job, cancel):
+            if job.op == "embed":
+                await self._emit(reply, await model.engine.embed(job, cancel))
+                return
+            async for event in self.metrics.observe(model.spec.model, model.engine.stream(job, cancel)):
                 await self._emit(reply, event)
         except (RedisError, OSError) as exc:
             log.warning("reply stream failed", extra={"error": str(exc)})
@@ -275,6 +284,8 @@ class Worker:
                 await self.unload(model.spec.key)
                 return
             model.expires_at = None if math.isinf(model.keep_alive) else time.time() + model.keep_alive
+        with contextlib.suppress(RedisError, OSError):
+            await self.publish_state()  # free slots are visible to placement and affinity at once
 
     # -- background loops ------------------------------------------------------------------------------
     async def heartbeat_loop(self) -> None:
