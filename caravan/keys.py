@@ -6,11 +6,18 @@
     caravan:cancel            channel  poke workers to check cancel flags
     caravan:w:{worker}        string   worker heartbeat JSON (EX ``HEARTBEAT_TTL``)
     caravan:workers           zset     worker id → last heartbeat (ms)
-    caravan:q:{spec}:{worker} stream   one worker's private queue of a spec (session affinity)
+    caravan:q:{spec}:u:{user} stream   one user's requests for a spec (fair sharing: workers pick users in turn)
+    caravan:qusers:{spec}     zset     users with recent requests for a spec → last enqueue time
+    caravan:qweight:{spec}    hash     user → scheduling weight (1 + key priority)
+    caravan:bell:{spec}       stream   rung after every enqueue; idle workers block on it
+    caravan:q:{spec}:w:{wrk}  stream   one worker's private queue of a spec (session affinity)
     caravan:aff:{conv}        string   worker that served a conversation prefix (EX 900)
     caravan:loaderr:{spec}    string   last load failure of a spec (EX 30), so waiting requests fail fast
     caravan:dlq               stream   requests that killed too many workers
     arq:ctl:{worker}          arq      load/unload control jobs for one worker
+    caravan:pull:{name}:{run} stream   registry pull job XADD → /api/pull handlers XREAD: Ollama progress objects
+    caravan:push:{name}:{run} stream   the same for push jobs
+    arq:registry              arq      the registry's pull/push jobs (job id ``pull:{name}`` / ``push:{name}``)
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ HEARTBEAT_TTL = 10
 LOAD_ERROR_TTL = 30
 REPLY_TTL = 120
 CANCEL_TTL = 300
+REGISTRY_QUEUE = "arq:registry"
+TRANSFER_TTL = 600  # a finished pull/push progress stream lingers this long
 
 
 def queue(spec_key: str) -> str:
@@ -34,7 +43,27 @@ def queue(spec_key: str) -> str:
 
 def worker_queue(spec_key: str, worker_id: str) -> str:
     """One worker's private queue for a spec (affinity)."""
-    return f"{PREFIX}:q:{spec_key}:{worker_id}"
+    return f"{PREFIX}:q:{spec_key}:w:{worker_id}"
+
+
+def user_queue(spec_key: str, user: str) -> str:
+    """One user's queue for a spec (fair sharing)."""
+    return f"{PREFIX}:q:{spec_key}:u:{user}"
+
+
+def queue_users(spec_key: str) -> str:
+    """Users with requests for a spec, scored by last enqueue time."""
+    return f"{PREFIX}:qusers:{spec_key}"
+
+
+def queue_weights(spec_key: str) -> str:
+    """User → weight for a spec's fair sharing."""
+    return f"{PREFIX}:qweight:{spec_key}"
+
+
+def bell(spec_key: str) -> str:
+    """Doorbell stream of a spec: one tiny entry per enqueue."""
+    return f"{PREFIX}:bell:{spec_key}"
 
 
 def affinity(conversation: str) -> str:
@@ -65,3 +94,13 @@ def worker(worker_id: str) -> str:
 def control_queue(worker_id: str) -> str:
     """arq queue name for one worker's control jobs."""
     return f"arq:ctl:{worker_id}"
+
+
+def pull_progress(name_key: str, run: str) -> str:
+    """Progress stream of one run of the pull job of a model (``ModelName.key()``)."""
+    return f"{PREFIX}:pull:{name_key}:{run}"
+
+
+def push_progress(name_key: str, run: str) -> str:
+    """Progress stream of one run of the push job of a model."""
+    return f"{PREFIX}:push:{name_key}:{run}"

@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-
 LOAD_OVERHEAD = 64 << 20  # compute buffers, tokenizer, runtime: measured ~40-60 MiB for small models on CPU
 
 
@@ -58,10 +57,10 @@ def decode_keep_alive(value: float) -> float:
 
 
 class InferenceJob(BaseModel):
-    """One generate/chat request, normalised by the gateway."""
+    """One generate/chat/embed request, normalised by the gateway."""
 
     id: str
-    op: Literal["generate", "chat", "load"]
+    op: Literal["generate", "chat", "load", "embed"]
     model: str
     spec: LoadSpec
     options: dict[str, Any] = Field(default_factory=dict)
@@ -74,9 +73,18 @@ class InferenceJob(BaseModel):
     context: list[int] | None = None
     format: Any = None
     tools: list[dict[str, Any]] | None = None
+    grammar: str | None = None  # GBNF the gateway built (and validated) from ``format``
+    think: bool | str | None = None  # resolved: True/False or a level; None = the template's default
+    logprobs: bool = False
+    top_logprobs: int = 0
+    truncate: bool = True  # False: a prompt/input longer than the context is a 400
+    shift: bool = True
+    input: list[str] = Field(default_factory=list)  # op "embed": the texts
     keep_alive: float = 300.0
     created: float = 0.0
     attempt: int = 0
+    user: str = "anonymous"  # who asked (API key's user): fair sharing and usage accounting
+    priority: int = 0  # extra scheduling weight of that user's key (weight = 1 + priority)
 
     def encode(self) -> dict[Any, Any]:
         return {"job": self.model_dump_json()}
@@ -90,11 +98,14 @@ EventType = Literal["start", "tok", "done", "err"]
 
 
 class Event(BaseModel):
-    """One reply-stream event. ``tok`` carries a text delta; ``done`` the final stats; ``err`` a status."""
+    """One reply-stream event. ``tok`` carries a text delta (and, when asked, one logprob entry per token);
+    ``done`` the final stats (and the vectors of an ``embed`` job); ``err`` a status."""
 
     t: EventType
     seq: int = 0
     text: str = ""
+    logprobs: list[dict[str, Any]] | None = None
+    embeddings: list[list[float]] | None = None
     worker: str | None = None
     done_reason: str | None = None
     stats: dict[str, Any] | None = None

@@ -8,6 +8,7 @@ claims from it. Placement, per request:
    wins; a queue deeper than ``replica_queue_depth`` × the holders' slots adds a replica on another worker;
 3. the chosen worker gets a ``load_model`` job on its own arq queue (``load:{worker}:{spec}`` dedupes).
 
+Fair sharing: requests wait in per-user streams (``caravan.fairqueue``); workers take users in turn.
 Session affinity: a chat's next turn goes to the private queue ``caravan:q:{spec}:{worker}`` of the worker
 that served the previous turn (its KV cache holds the prefix), unless that worker is gone or busy.
 Liveness: a worker's Redis connections are named ``caravan-worker:{id}``; when the process dies Redis drops
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from caravan import keys
+from caravan import fairqueue, keys
 from caravan.errors import SERVER_BUSY, CaravanError, ServerBusy
 from caravan.queue import InferenceJob, LoadSpec, WorkerState
 from caravan.settings import GatewaySettings
@@ -130,7 +131,7 @@ class Scheduler:
         if len(holders) >= limit:
             return False
         slots = sum(m.slots for w in holders for m in w.models if m.spec.key == spec.key) or len(holders)
-        return bool(await self.redis.xlen(keys.queue(spec.key)) > self.settings.replica_queue_depth * slots)
+        return await fairqueue.depth(self.redis, spec.key) > self.settings.replica_queue_depth * slots
 
     async def load_on(self, worker_id: str, spec: LoadSpec) -> None:
         await self.arq.enqueue_job(
@@ -147,13 +148,13 @@ class Scheduler:
     # -- queues ---------------------------------------------------------------------------------------
     async def submit(self, job: InferenceJob, affinity: str | None = None) -> None:
         """Place and enqueue ``job``; 503 when its queue is full."""
-        if await self.redis.xlen(keys.queue(job.spec.key)) >= self.settings.max_queue:
+        if await fairqueue.depth(self.redis, job.spec.key) >= self.settings.max_queue:
             raise ServerBusy(SERVER_BUSY)
         job.created = job.created or time.time()
         if affinity and await self._affine(job, affinity):
             return
         await self.ensure_placed(job.spec)
-        await self.redis.xadd(keys.queue(job.spec.key), job.encode())
+        await fairqueue.enqueue(self.redis, job)
 
     async def _affine(self, job: InferenceJob, conversation: str) -> bool:
         """Enqueue on the private queue of the worker that served this conversation, if it can take it."""
@@ -167,7 +168,11 @@ class Scheduler:
             return False
         if model.in_flight + await self.redis.xlen(keys.worker_queue(job.spec.key, worker_id)) >= model.slots:
             return False
-        await self.redis.xadd(keys.worker_queue(job.spec.key, worker_id), job.encode())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xgroup_create(keys.worker_queue(job.spec.key, worker_id), keys.GROUP, id="0", mkstream=True)
+            pipe.xadd(keys.worker_queue(job.spec.key, worker_id), job.encode())
+            pipe.xadd(keys.bell(job.spec.key), {"w": worker_id}, maxlen=64, approximate=True)
+            await pipe.execute(raise_on_error=False)
         return True
 
     async def remember(self, conversation: str, worker_id: str) -> None:
@@ -180,7 +185,7 @@ class Scheduler:
         if job.attempt >= self.settings.max_attempts:
             raise CaravanError(f"the request failed on {job.attempt} workers that stopped while serving it")
         await self.ensure_placed(job.spec)
-        await self.redis.xadd(keys.queue(job.spec.key), job.encode())
+        await fairqueue.enqueue(self.redis, job)
 
     async def unload(self, blob: str) -> int:
         """Ask every worker holding a spec of ``blob`` to unload it; returns how many were asked."""

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 from caravan.prompt import template_capabilities
-
 from caravan.wire.ollama import mtime_rfc3339
 from caravan.wire.registry import Details, ModelRecord
-from registry.gguf import GGUFInfo, read_gguf
+from registry.gguf import GGUFError, GGUFInfo, read_gguf
 from registry.modelfile import format_modelfile, format_parameters
 from registry.store import Store, StoredManifest
 
@@ -50,9 +49,9 @@ class ModelView:
         text = self._text(kind)
         return json.loads(text) if text else default
 
-    @property
+    @cached_property
     def config(self) -> dict[str, Any]:
-        return json.loads(self.store.read_blob(self.manifest.config.digest))
+        return dict(json.loads(self.store.read_blob(self.manifest.config.digest)))
 
     @property
     def params(self) -> dict[str, Any]:
@@ -82,15 +81,19 @@ class ModelView:
 
     @property
     def gguf(self) -> GGUFInfo | None:
-        path = self.model_path
-        if path is None or not path.is_file():
-            return None
-        return _gguf(str(path), path.stat().st_mtime)
+        return _gguf_at(self.model_path)
 
-    def details(self) -> Details:
+    @property
+    def projector_paths(self) -> list[Path]:
+        return [self.store.blob_path(layer.digest) for layer in self.manifest.layers if layer.kind == "projector"]
+
+    def details(self, *, parent: bool = False) -> Details:
+        """``details`` of tags/show; ``parent`` fills ``parent_model`` (show: the model layer's source)."""
         config = self.config
         family = config.get("model_family", "")
+        layer = self.manifest.layer("model")
         return Details(
+            parent_model=(layer.from_ or "") if parent and layer else "",
             format=config.get("model_format", "gguf"),
             family=family,
             families=config.get("model_families") or ([family] if family else None),
@@ -144,24 +147,31 @@ class ModelView:
         }
 
     def show(self, *, verbose: bool = False, system: str | None = None) -> dict[str, Any]:
+        """``/api/show`` (ollama-api.md §3.11); empty fields left out, ``model_info`` always present."""
         info = self.gguf
-        system = system if system is not None else self.system
+        system = system or self.system
         template = self.template if self.template is not None else (info.chat_template if info else None)
+        projector = _gguf_at(next(iter(self.projector_paths), None))
         body: dict[str, Any] = {
             "license": "\n".join(self.licenses) or None,
             "modelfile": self.modelfile(system),
             "parameters": format_parameters(self.params) or None,
             "template": template,
             "system": system,
-            "details": self.details().model_dump(exclude_none=True),
+            **{key: self.config.get(key) or None for key in ("renderer", "parser")},
+            "details": self.details(parent=True).model_dump(exclude_none=True),
             "messages": self.messages or None,
             "model_info": info.model_info(verbose=verbose) if info else {},
+            "projector_info": projector.model_info(verbose=verbose) if projector else None,
+            "tensors": info.tensor_summaries() if info else None,
             "capabilities": self.capabilities(),
             "modified_at": mtime_rfc3339(self.stored.mtime),
+            "requires": self.config.get("requires") or None,
         }
         return {key: value for key, value in body.items() if value is not None}
 
     def modelfile(self, system: str | None) -> str:
+        """``ollama show --modelfile`` text: FROM the model blob's absolute path."""
         path = self.model_path
         return format_modelfile(
             from_=str(path) if path else self.stored.name.display,
@@ -172,4 +182,17 @@ class ModelView:
             messages=self.messages,
             adapters=[str(self.store.blob_path(x.digest)) for x in self.manifest.layers if x.kind == "adapter"],
             shortname=self.stored.name.display,
+            projectors=[str(path) for path in self.projector_paths],
+            renderer=self.config.get("renderer") or None,
+            parser=self.config.get("parser") or None,
         )
+
+
+def _gguf_at(path: Path | None) -> GGUFInfo | None:
+    """The (cached) header of the GGUF blob at ``path``; None when absent or unreadable."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        return _gguf(str(path), path.stat().st_mtime)
+    except (GGUFError, OSError):
+        return None

@@ -9,6 +9,15 @@
 Blobs are written to a temp file while hashing, verified, then renamed; manifests are written to a temp
 file and renamed, so a failed write leaves nothing behind. Names are validated by ``ModelName`` before any
 path is built, so no name can reach outside ``<root>``.
+
+Pins (for garbage collection, ``registry/gc.py``): a running create or pull calls ``with store.pinned() as pins``
+and ``pins.add(digest)`` *before* it writes a blob or starts to rely on an existing one, and keeps the pin until
+its manifest is written. A sweep holds ``store.gc_lock`` while it reads manifests and deletes blobs and skips
+every pinned digest; ``pins.add`` takes the same lock, so a blob is never deleted between a pin and the manifest
+that references it. After pinning an existing blob, check that it is still there (a sweep that ran just before
+the pin may have removed it). ``pins.add`` may wait for a running sweep (short: a directory listing and the
+manifests), so async code should expect that brief stall or call it from a thread. Pins are per process: only
+what this registry process writes is protected.
 """
 
 from __future__ import annotations
@@ -16,7 +25,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
+import threading
+from collections import Counter
 from collections.abc import AsyncIterable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +42,7 @@ MANIFEST_MEDIA = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_MEDIA = "application/vnd.docker.container.image.v1+json"
 LAYER_MEDIA = "application/vnd.ollama.image."
 CHUNK = 1 << 20
+_BLOB_NAME = re.compile(r"^sha256-[0-9a-f]{64}$")
 
 
 class Layer(BaseModel):
@@ -91,6 +104,24 @@ class Store:
         self.manifests = self.root / "manifests"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.manifests.mkdir(parents=True, exist_ok=True)
+        self.gc_lock = threading.RLock()
+        self._pins: Counter[str] = Counter()
+
+    # -- pins (see the module docstring) -------------------------------------------------------------
+    @contextlib.contextmanager
+    def pinned(self, digests: Iterable[str] = ()) -> Iterator[Pins]:
+        """Protect ``digests`` (and whatever is added to the yielded :class:`Pins`) from GC until exit."""
+        pins = Pins(self)
+        try:
+            pins.add(*digests)
+            yield pins
+        finally:
+            pins.release()
+
+    def pinned_digests(self) -> frozenset[str]:
+        """Digests some running create or pull holds (hold ``gc_lock`` around the sweep that uses them)."""
+        with self.gc_lock:
+            return frozenset(digest for digest, count in self._pins.items() if count > 0)
 
     # -- blobs ---------------------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
@@ -127,6 +158,20 @@ class Store:
                 handle.write(chunk)
                 size += len(chunk)
             return self._commit_blob(handle, tmp, f"sha256:{hasher.hexdigest()}", size, expected)
+
+    def blob_files(self) -> Iterator[tuple[str, Path]]:
+        """``(digest, path)`` of every complete blob; ``-partial`` and temp files are never listed."""
+        for path in self.blobs.iterdir():
+            if _BLOB_NAME.match(path.name) and path.is_file():
+                yield path.name.replace("-", ":", 1), path
+
+    def delete_blob(self, digest: str) -> bool:
+        """Remove one blob file; False when it was not there. Callers decide what is unreferenced (gc.py)."""
+        try:
+            self.blob_path(digest).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def import_file(self, path: Path) -> tuple[str, int]:
         """Copy a local file into the store as a blob (skips the copy when the blob exists)."""
@@ -194,6 +239,21 @@ class Store:
             Path(tmp).unlink(missing_ok=True)
         return True
 
+    def delete_manifest(self, name: ModelName) -> None:
+        """Remove the manifest of ``name`` (exact spelling) and the directories it leaves empty."""
+        path = self.manifest_path(name)
+        try:
+            path.unlink()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"model '{name.display}' not found") from None
+        for parent in path.parents:
+            if parent == self.manifests or not parent.is_relative_to(self.manifests):
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
     def list_names(self) -> list[ModelName]:
         names = []
         for path in self.manifests.glob("*/*/*/*"):
@@ -211,6 +271,28 @@ class Store:
             with contextlib.suppress(Exception):
                 found.append(self.read_manifest(name))
         return sorted(found, key=lambda item: item.mtime, reverse=True)
+
+
+class Pins:
+    """The digests one operation holds against garbage collection (see :meth:`Store.pinned`)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._held: list[str] = []
+
+    def add(self, *digests: str) -> None:
+        """Pin more digests; waits while a sweep is running, so a pinned blob is never swept afterwards."""
+        canonical = [parse_digest(digest) for digest in digests]
+        with self._store.gc_lock:
+            self._store._pins.update(canonical)
+            self._held.extend(canonical)
+
+    def release(self) -> None:
+        """Drop every pin this holder took (done by :meth:`Store.pinned` on exit)."""
+        with self._store.gc_lock:
+            self._store._pins.subtract(self._held)
+            self._store._pins = +self._store._pins
+            self._held.clear()
 
 
 def file_digest(path: Path) -> str:

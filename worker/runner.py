@@ -22,8 +22,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from caravan import __version__, keys
+from caravan import __version__, fairqueue, keys
 from caravan.errors import CaravanError
+from caravan.fairqueue import StrideOrder
 from caravan.logs import request_id
 from caravan.queue import (
     Event,
@@ -130,9 +131,8 @@ class Worker:
         await self._make_room(spec)
         with self.metrics.loading(spec.model):
             engine = await self.make_engine(spec)
-        for stream in (keys.queue(spec.key), keys.worker_queue(spec.key, self.id)):
-            with contextlib.suppress(ResponseError):
-                await self.redis.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
+        with contextlib.suppress(ResponseError):
+            await self.redis.xgroup_create(keys.worker_queue(spec.key, self.id), keys.GROUP, id="0", mkstream=True)
         model = Loaded(spec=spec, engine=engine)
         self.loaded[spec.key] = model
         model.task = asyncio.create_task(self._dispatch(model))
@@ -182,7 +182,10 @@ class Worker:
 
     # -- claiming ---------------------------------------------------------------------------------------
     async def _dispatch(self, model: Loaded) -> None:
-        streams: Fields = {keys.worker_queue(model.spec.key, self.id): ">", keys.queue(model.spec.key): ">"}
+        """Claim requests for one loaded model: users in turn (stride order), then wait on the doorbell."""
+        spec = model.spec.key
+        picker = StrideOrder()
+        bell = await self._bell_head(spec)
         next_reclaim = 0.0
         while not self.draining:
             try:
@@ -193,33 +196,64 @@ class Worker:
                 if time.monotonic() >= next_reclaim:
                     next_reclaim = time.monotonic() + RECLAIM_EVERY
                     await self._reclaim(model)
-                reply = await self.redis.xreadgroup(keys.GROUP, self.id, streams, count=model.free,
-                                                    block=CLAIM_BLOCK_MS)
-                for stream, entries in reply or []:
-                    for entry_id, fields in entries:
-                        await self._admit(model, stream.decode(), entry_id, fields)
+                if not await self._take(model, picker):
+                    bell = await self._wait_bell(spec, bell)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
                 log.warning("claim failed, retrying", extra={"error": str(exc)})
                 await asyncio.sleep(0.5)
-                for stream in streams:
-                    with contextlib.suppress(RedisError, OSError):
-                        await self.redis.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
+                with contextlib.suppress(RedisError, OSError):
+                    await self.redis.xgroup_create(keys.worker_queue(spec, self.id), keys.GROUP, id="0",
+                                                   mkstream=True)
+
+    async def _bell_head(self, spec: str) -> bytes | str:
+        newest = await self.redis.xrevrange(keys.bell(spec), count=1)
+        return newest[0][0] if newest else "0-0"
+
+    async def _wait_bell(self, spec: str, last: bytes | str) -> bytes | str:
+        """Block until something is enqueued for ``spec`` after ``last`` (or a second passes)."""
+        reply = await self.redis.xread({keys.bell(spec): last}, block=CLAIM_BLOCK_MS)
+        return reply[0][1][-1][0] if reply else last
+
+    async def _take(self, model: Loaded, picker: StrideOrder) -> bool:
+        """Claim up to ``free`` requests: this worker's private queue first, then users in stride order."""
+        spec = model.spec.key
+        private = keys.worker_queue(spec, self.id)
+        waiting, weights = await fairqueue.pending(self.redis, spec)
+        streams: Fields = {private: ">"} if await self.redis.xlen(private) else {}
+        users = picker.order(waiting)[: max(0, model.free - len(streams))]
+        streams.update({keys.user_queue(spec, user): ">" for user in users})
+        if not streams:
+            return False
+        reply = await self.redis.xreadgroup(keys.GROUP, self.id, streams, count=1)
+        for stream, entries in reply or []:
+            name = stream.decode()
+            for entry_id, fields in entries:
+                user = name.rsplit(":u:", 1)[1] if ":u:" in name else None
+                if user is not None:
+                    picker.served(user, weights.get(user, 1.0))
+                await self._admit(model, name, entry_id, fields)
+        return bool(reply)
 
     async def _reclaim(self, model: Loaded) -> None:
         """Re-deliver entries a dead peer read but never admitted; dead-letter ones delivered too often."""
-        stream = keys.queue(model.spec.key)
-        reclaimed = await self.redis.xautoclaim(stream, keys.GROUP, self.id, REDELIVER_IDLE_MS, "0-0",
-                                                count=max(1, model.free))
-        for entry_id, fields in reclaimed[1] if reclaimed else []:
-            if not fields:
-                continue
-            info = await self.redis.xpending_range(stream, keys.GROUP, entry_id, entry_id, 1)
-            if info and info[0]["times_delivered"] > MAX_DELIVERIES:
-                await self._dead_letter(stream, entry_id, fields)
-            else:
-                await self._admit(model, stream, entry_id, fields)
+        spec = model.spec.key
+        streams = [keys.user_queue(spec, u) for u in await fairqueue.active_users(self.redis, spec)]
+        for stream in [keys.worker_queue(spec, self.id), *streams]:
+            with contextlib.suppress(ResponseError):  # a stream without a group yet
+                reclaimed = await self.redis.xautoclaim(stream, keys.GROUP, self.id, REDELIVER_IDLE_MS, "0-0",
+                                                        count=max(1, model.free))
+                for entry_id, fields in reclaimed[1] if reclaimed else []:
+                    if fields:
+                        await self._redeliver(model, stream, entry_id, fields)
+
+    async def _redeliver(self, model: Loaded, stream: str, entry_id: bytes, fields: Fields) -> None:
+        info = await self.redis.xpending_range(stream, keys.GROUP, entry_id, entry_id, 1)
+        if info and info[0]["times_delivered"] > MAX_DELIVERIES:
+            await self._dead_letter(stream, entry_id, fields)
+        else:
+            await self._admit(model, stream, entry_id, fields)
 
     async def _dead_letter(self, stream: str, entry_id: bytes, fields: Fields) -> None:
         job = InferenceJob.decode(fields)
@@ -231,14 +265,15 @@ class Worker:
 
     async def _admit(self, model: Loaded, stream: str, entry_id: bytes, fields: Fields) -> None:
         job = InferenceJob.decode(fields)
+        handback = self.draining or model.free == 0  # claimed too many, or stopping: someone else takes it
+        if handback:
+            await fairqueue.enqueue(self.redis, job)
         async with self.redis.pipeline(transaction=True) as pipe:
-            if self.draining or model.free == 0:  # claimed too many, or stopping: hand it to someone else
-                pipe.xadd(keys.queue(model.spec.key), fields)
             pipe.xack(stream, keys.GROUP, entry_id)
             pipe.xdel(stream, entry_id)
             pipe.exists(keys.cancel(job.id))
             *_, cancelled = await pipe.execute()
-        if cancelled or self.draining or model.free == 0:
+        if cancelled or handback:
             return
         model.in_flight += 1
         model.keep_alive = decode_keep_alive(job.keep_alive)

@@ -1,4 +1,8 @@
-"""Model endpoints, answered by the registry service: the gateway proxies them unchanged."""
+"""Model endpoints, answered by the registry service: the gateway proxies them unchanged.
+
+Bodies stream both ways (``RegistryClient.proxy``): a blob upload is never buffered here, and create's NDJSON
+progress reaches the client line by line.
+"""
 
 from __future__ import annotations
 
@@ -17,4 +21,24 @@ async def tags(request: Request, registry: RegistryDep) -> Response:
 
 @router.post("/api/show")
 async def show(request: Request, registry: RegistryDep) -> Response:
+    return await registry.proxy(request)
+
+
+@router.post("/api/create")
+async def create(request: Request, registry: RegistryDep) -> Response:
+    return await registry.proxy(request)
+
+
+@router.api_route("/api/blobs/{digest}", methods=["HEAD", "POST"])
+async def blobs(request: Request, registry: RegistryDep) -> Response:
+    return await registry.proxy(request)
+
+
+@router.post("/api/copy")
+async def copy(request: Request, registry: RegistryDep) -> Response:
+    return await registry.proxy(request)
+
+
+@router.delete("/api/delete")
+async def delete(request: Request, registry: RegistryDep) -> Response:
     return await registry.proxy(request)

@@ -140,7 +140,7 @@ def test_full_queue_answers_503(small: LocalCluster) -> None:
     client = redis.Redis.from_url(small.redis_url)
     with httpx.stream("POST", gateway + "/api/generate", json=busy, timeout=120) as running:
         assert not json.loads(next(running.iter_lines()))["done"]
-        queues = [key for key in client.scan_iter(keys.queue("*")) if key.count(b":") == 2]
+        queues = list(client.scan_iter(keys.user_queue("*", "*")))
         waiting = threading.Thread(target=lambda: httpx.post(gateway + "/api/generate", json={
             **busy, "stream": False, "options": {**busy["options"], "num_predict": 1}}, timeout=120))
         waiting.start()
