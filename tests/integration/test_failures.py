@@ -139,7 +139,8 @@ def test_full_queue_answers_503(small: LocalCluster) -> None:
     busy = {**COUNTING, "options": {"temperature": 0, "num_predict": 300, "num_ctx": 2048}}
     client = redis.Redis.from_url(small.redis_url)
     with httpx.stream("POST", gateway + "/api/generate", json=busy, timeout=120) as running:
-        assert not json.loads(next(running.iter_lines()))["done"]
+        lines = running.iter_lines()  # keep the iterator: dropping it closes the stream (a client disconnect)
+        assert not json.loads(next(lines))["done"]
         queues = list(client.scan_iter(keys.user_queue("*", "*")))
         waiting = threading.Thread(target=lambda: httpx.post(gateway + "/api/generate", json={
             **busy, "stream": False, "options": {**busy["options"], "num_predict": 1}}, timeout=120))
@@ -149,3 +150,22 @@ def test_full_queue_answers_503(small: LocalCluster) -> None:
         assert refused.status_code == 503
         assert refused.json() == {"error": "server busy, please try again.  maximum pending requests exceeded"}
     waiting.join(120)
+
+
+def test_client_leaving_while_queued_is_never_run(small: LocalCluster) -> None:
+    gateway = small.gateway_url
+    busy = {**COUNTING, "options": {"temperature": 0, "num_predict": 200, "num_ctx": 2048}}
+    quick = {**busy, "stream": False, "options": {**busy["options"], "num_predict": 2}}
+    abandoned = uuid.uuid4().hex
+    client = redis.Redis.from_url(small.redis_url)
+    with httpx.stream("POST", gateway + "/api/generate", json=busy, timeout=120) as running:
+        lines = running.iter_lines()
+        assert not json.loads(next(lines))["done"]
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up while its request waits in the queue
+            httpx.post(gateway + "/api/generate", json=quick, timeout=1.5, headers={"X-Request-Id": abandoned})
+        wait_for(lambda: client.exists(keys.cancel(abandoned)), what="the gateway to flag the cancel")
+        list(lines)
+    after = httpx.post(gateway + "/api/generate", json=quick, timeout=120)
+    assert after.status_code == 200, "a later request from the same queue was served"
+    events = client.xrange(keys.reply(abandoned))
+    assert not events, "the abandoned request never started on a worker"
