@@ -67,6 +67,7 @@ def serve(workers: int = typer.Option(1, help="worker processes to start")) -> N
     raw_host = os.environ.get("CARAVAN_HOST") or os.environ.get("OLLAMA_HOST") or "127.0.0.1:11434"
     host, port = split_host_port(raw_host, 11434)
     cluster = LocalCluster(ClusterConfig(models=_models_dir(), gateway_host=host, gateway_port=port,
+                                         registry_port=int(os.environ.get("CARAVAN_REGISTRY_PORT", "11435")),
                                          redis_url=os.environ.get("CARAVAN_REDIS_URL"), workers=workers,
                                          log_dir=None))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
