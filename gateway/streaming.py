@@ -22,7 +22,9 @@ from starlette.responses import StreamingResponse
 from caravan import keys
 from caravan.errors import CaravanError, ClientClosed, from_wire
 from caravan.queue import Event, InferenceJob
+from gateway.metrics import RequestObserver
 from gateway.scheduler import Scheduler
+from gateway.usage import note_event
 
 log = logging.getLogger(__name__)
 BLOCK_MS = 1000
@@ -31,8 +33,10 @@ BLOCK_MS = 1000
 class ReplyReader:
     """Events of one job, in order, with liveness checks between reads."""
 
-    def __init__(self, redis: Redis, scheduler: Scheduler, job: InferenceJob, request: Request, load_timeout: float):
+    def __init__(self, redis: Redis, scheduler: Scheduler, job: InferenceJob, request: Request, load_timeout: float,
+                 observer: RequestObserver | None = None):
         self.redis = redis
+        self.observer = observer
         self.scheduler = scheduler
         self.job = job
         self.request = request
@@ -56,6 +60,9 @@ class ReplyReader:
                 self.last = entry_id
                 self._pending.append(Event.decode(fields))
         event = self._pending.pop(0)
+        if self.observer:
+            self.observer.event(event)
+        note_event(self.job, event)  # usage accounting (gateway.usage)
         if event.t == "start":
             self.worker = self.served_by = event.worker
             self.started_at = self.started_at or time.perf_counter()
@@ -102,6 +109,8 @@ class ReplyReader:
 
     async def close(self) -> None:
         """Cancel unfinished work and drop the reply stream (shielded: runs on client disconnect too)."""
+        if self.observer:
+            self.observer.close()
         with anyio.CancelScope(shield=True):
             try:
                 if self.finished:
@@ -112,34 +121,43 @@ class ReplyReader:
                 log.warning("reply cleanup failed", extra={"error": str(exc)})
 
 
-Shaper = Callable[[Event], dict[str, Any] | None]
+Shaper = Callable[[Event], list[dict[str, Any]]]  # one event → zero or more response chunks
+OnDone = Callable[[str], Awaitable[None]]
 
 
 def ndjson_line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
+def sse_line(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+async def shaped(reader: ReplyReader, first: Event, shape: Shaper, on_done: OnDone) -> AsyncIterator[dict[str, Any]]:
+    """The reply's chunks in order; an ``err`` event raises (with its status) where it occurs."""
+    text: list[str] = []
+    event: Event | None = first
+    events = reader.rest()
+    while event is not None:
+        if event.t == "err":
+            raise from_wire({"status": event.status, "error": event.error or "unknown error"})
+        if event.t == "tok":
+            text.append(event.text)
+        elif event.t == "done":
+            await on_done("".join(text))
+        for chunk in shape(event):
+            yield chunk
+        event = await anext(events, None)
+
+
 def ndjson_stream(reader: ReplyReader, first: Event, shape: Shaper, headers: dict[str, str],
-                  on_done: Callable[[str], Awaitable[None]]) -> StreamingResponse:
+                  on_done: OnDone) -> StreamingResponse:
     """Stream shaped events as NDJSON; a failure mid-stream becomes a final error line."""
 
     async def body() -> AsyncIterator[bytes]:
-        text: list[str] = []
         try:
-            event: Event | None = first
-            events = reader.rest()
-            while event is not None:
-                if event.t == "err":
-                    yield ndjson_line({"error": event.error or "unknown error"})
-                    return
-                if event.t == "tok":
-                    text.append(event.text)
-                elif event.t == "done":
-                    await on_done("".join(text))
-                line = shape(event)
-                if line is not None:
-                    yield ndjson_line(line)
-                event = await anext(events, None)
+            async for chunk in shaped(reader, first, shape, on_done):
+                yield ndjson_line(chunk)
         except CaravanError as exc:
             yield ndjson_line({"error": exc.message})
         finally:
@@ -148,18 +166,28 @@ def ndjson_stream(reader: ReplyReader, first: Event, shape: Shaper, headers: dic
     return StreamingResponse(body(), media_type="application/x-ndjson", headers=headers)
 
 
-async def collect(reader: ReplyReader, first: Event) -> tuple[str, Event]:
-    """Non-streaming: concatenate text until the final event."""
-    parts: list[str] = []
-    event = first
+def sse_stream(reader: ReplyReader, first: Event, shape: Shaper, headers: dict[str, str],
+               on_done: OnDone) -> StreamingResponse:
+    """Stream shaped events as server-sent events ending with ``data: [DONE]``; a failure mid-stream becomes
+    a final ``data: {"error": {...}}`` event in OpenAI's envelope (which the OpenAI SDKs raise)."""
+    from caravan.wire.openai import error_envelope
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in shaped(reader, first, shape, on_done):
+                yield sse_line(chunk)
+            yield b"data: [DONE]\n\n"
+        except CaravanError as exc:
+            yield sse_line(error_envelope(exc))
+        finally:
+            await reader.close()
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+
+async def collect(reader: ReplyReader, first: Event, shape: Shaper, on_done: OnDone) -> list[dict[str, Any]]:
+    """Non-streaming: every chunk of the reply (an ``err`` raises with its status, nothing was sent yet)."""
     try:
-        while event.t == "tok":
-            parts.append(event.text)
-            event = await reader.next()
+        return [chunk async for chunk in shaped(reader, first, shape, on_done)]
     finally:
         await reader.close()
-    if event.t == "err":
-        raise from_wire({"status": event.status, "error": event.error})
-    return "".join(parts), event
-
-

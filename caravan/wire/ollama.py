@@ -7,12 +7,14 @@ timestamps are RFC3339 UTC.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from caravan.errors import BadRequest
+from caravan.grammar import check_format
 
 
 def now_rfc3339() -> str:
@@ -64,6 +66,14 @@ class Message(WireModel):
 
 Format = Literal["json", ""] | dict[str, Any] | None
 Think = bool | Literal["low", "medium", "high", "max"] | None
+THINK_LEVELS = ("low", "medium", "high", "max")
+
+
+def check_keep_alive(value: Any) -> Any:
+    """``keep_alive`` is a number (seconds) or a duration string; anything else is Ollama's type error."""
+    if value is None or (isinstance(value, int | float | str) and not isinstance(value, bool)):
+        return value
+    raise BadRequest(f"Unsupported type: '{type(value).__name__}'")
 
 
 class InferenceRequest(WireModel):
@@ -83,9 +93,20 @@ class InferenceRequest(WireModel):
     @field_validator("keep_alive", mode="before")
     @classmethod
     def _keep_alive_type(cls, value: Any) -> Any:
-        if value is None or (isinstance(value, int | float | str) and not isinstance(value, bool)):
+        return check_keep_alive(value)
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _format_type(cls, value: Any) -> Any:
+        return check_format(value)
+
+    @field_validator("think", mode="before")
+    @classmethod
+    def _think_value(cls, value: Any) -> Any:
+        if value is None or isinstance(value, bool) or value in THINK_LEVELS:
             return value
-        raise BadRequest(f"Unsupported type: '{type(value).__name__}'")
+        raise BadRequest(f'invalid think value: {json.dumps(value)} (must be "high", "medium", "low", "max", '
+                         "true, or false)")
 
     @field_validator("top_logprobs")
     @classmethod
@@ -136,6 +157,7 @@ class GenerateResponse(Metrics):
     done: bool = False
     done_reason: str | None = None
     context: list[int] | None = None
+    logprobs: list[dict[str, Any]] | None = None
 
 
 class ResponseMessage(BaseModel):
@@ -151,6 +173,60 @@ class ChatResponse(Metrics):
     message: ResponseMessage = Field(default_factory=ResponseMessage)
     done: bool = False
     done_reason: str | None = None
+    logprobs: list[dict[str, Any]] | None = None
+
+
+class EmbedRequest(WireModel):
+    """``/api/embed`` (§3.7); ``input`` is checked by hand for Ollama's ``invalid input type``."""
+
+    model: str = ""
+    input: Any = None
+    truncate: bool | None = None
+    dimensions: int | None = None
+    keep_alive: float | str | None = None
+    options: dict[str, Any] | None = None
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _keep_alive_type(cls, value: Any) -> Any:
+        return check_keep_alive(value)
+
+    @property
+    def inputs(self) -> list[str]:
+        """The texts to embed: a string is one input (``""`` none), a list of strings as is."""
+        if self.input is None or self.input == "":
+            return []
+        if isinstance(self.input, str):
+            return [self.input]
+        if isinstance(self.input, list) and all(isinstance(item, str) for item in self.input):
+            return list(self.input)
+        raise BadRequest("invalid input type")
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+
+
+class EmbeddingsRequest(WireModel):
+    """Legacy ``/api/embeddings`` (§3.8): one ``prompt``, vector not normalised."""
+
+    model: str = ""
+    prompt: str = ""
+    keep_alive: float | str | None = None
+    options: dict[str, Any] | None = None
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _keep_alive_type(cls, value: Any) -> Any:
+        return check_keep_alive(value)
+
+
+class EmbeddingsResponse(BaseModel):
+    embedding: list[float]
 
 
 def dump(model: BaseModel) -> dict[str, Any]:

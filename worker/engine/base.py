@@ -50,6 +50,10 @@ class Engine(abc.ABC):
     def stream(self, job: InferenceJob, cancel: threading.Event) -> AsyncIterator[Event]:
         """Run ``job``; yield token events then a final ``done`` or ``err`` event."""
 
+    async def embed(self, job: InferenceJob, cancel: threading.Event) -> Event:
+        """Run an ``embed`` job: one ``done`` event carrying the raw vectors (``embeddings``), or an ``err``."""
+        return Event(t="err", status=400, error=f'"{job.model}" does not support embeddings')
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Free the model."""

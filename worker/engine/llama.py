@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import threading
 import time
@@ -19,26 +18,56 @@ from pathlib import Path
 from typing import Any
 
 from caravan.errors import BadRequest, CaravanError
+from caravan.grammar import grammar_for
 from caravan.queue import Event, InferenceJob, LoadSpec
 from worker.engine.base import Engine, Stats
+from worker.engine.embedding import Embedder
+from worker.engine.grammar import check_grammar, job_grammar
+from worker.engine.logprobs import sampled_logprobs
 from worker.engine.text import TextStream
-from worker.prompting import TokenizerInfo, build_prompt
+from worker.prompting import TokenizerInfo, build_prompt, fit_context
 
 _END = object()
 
 
 def _grammar(fmt: Any) -> Any:
+    """``format`` → a ``LlamaGrammar`` (or None); kept for callers that still pass the raw format."""
     from llama_cpp import LlamaGrammar
 
-    if fmt in (None, ""):
-        return None
-    if fmt == "json":
-        from llama_cpp.llama_grammar import JSON_GBNF
+    gbnf = grammar_for(fmt)
+    return None if gbnf is None else LlamaGrammar.from_string(gbnf, verbose=False)
 
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-    if isinstance(fmt, dict):
-        return LlamaGrammar.from_json_schema(json.dumps(fmt), verbose=False)
-    raise BadRequest(f'invalid format: {json.dumps(fmt)}; expected "json" or a valid JSON Schema object')
+
+class _Output:
+    """Token pieces → ``tok`` events. Text held back (split UTF-8, a possible stop string) and the logprobs
+    of the tokens behind it travel together in the next event that has text."""
+
+    def __init__(self, emit: Callable[[Any], None], stops: list[str]) -> None:
+        self.emit = emit
+        self.text = TextStream(stops)
+        self.logprobs: list[dict[str, Any]] = []
+        self.seq = 0
+
+    @property
+    def stopped(self) -> bool:
+        return self.text.stopped
+
+    def token(self, piece: bytes, logprob: dict[str, Any] | None) -> None:
+        if logprob is not None:
+            self.logprobs.append(logprob)
+        self._send(self.text.feed(piece))
+
+    def finish(self) -> None:
+        tail = self.text.flush()
+        if self.stopped:  # tokens of the stop string are not part of the answer
+            self.logprobs = []
+        self._send(tail, force=bool(self.logprobs))
+
+    def _send(self, delta: str, force: bool = False) -> None:
+        if delta or force:
+            self.emit(Event(t="tok", seq=self.seq, text=delta, logprobs=self.logprobs or None))
+            self.logprobs = []
+            self.seq += 1
 
 
 class LlamaEngine(Engine):
@@ -53,6 +82,7 @@ class LlamaEngine(Engine):
         self._n_gpu_layers = n_gpu_layers
         self.llm: Any = None
         self.info = TokenizerInfo(None)
+        self._embedder: Embedder | None = None
 
     async def load(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
@@ -91,23 +121,45 @@ class LlamaEngine(Engine):
 
     def _run(self, job: InferenceJob, cancel: threading.Event, emit: Callable[[Any], None]) -> None:
         try:
-            emit(self._generate(job, cancel, emit))
-        except CaravanError as exc:
-            emit(Event(t="err", status=exc.status, error=exc.message))
-        except Exception as exc:  # llama.cpp failures must reach the client as an error line
-            emit(Event(t="err", status=500, error=str(exc) or type(exc).__name__))
+            emit(_guarded(self._generate, job, cancel, emit))
         finally:
             emit(_END)
+
+    async def embed(self, job: InferenceJob, cancel: threading.Event) -> Event:
+        """Embed ``job.input`` on the engine thread, in a separate embedding context (see ``Embedder``)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _guarded, self._embed, job)
+
+    def _embed(self, job: InferenceJob) -> Event:
+        started = time.perf_counter()
+        if self._embedder is None:
+            self._embedder = Embedder(self.llm._model, self.spec.num_ctx, self.llm.n_threads, self.llm.n_threads_batch)
+        vectors, count = self._embedder.embed(job.input, job.truncate)
+        stats = {"prompt_eval_count": count, "prompt_eval_duration": int((time.perf_counter() - started) * 1e9)}
+        return Event(t="done", done_reason="stop", embeddings=vectors, stats=stats)
 
     def _tokens(self, job: InferenceJob) -> list[int]:
         text = build_prompt(job, self.info)
         tokens: list[int] = list(job.context or []) if job.op == "generate" else []
         tokens += self.llm.tokenize(text.encode(), add_bos=not tokens, special=True)
-        limit = self.spec.num_ctx - 1
-        if len(tokens) > limit:
-            keep = min(int(job.options.get("num_keep", 4)), limit // 2)
-            tokens = tokens[:keep] + tokens[-(limit - keep) :]
-        return tokens
+        if not tokens:
+            if self.llm.token_bos() < 0:
+                raise BadRequest("the prompt is empty")
+            tokens = [self.llm.token_bos()]
+        return fit_context(tokens, self.spec.num_ctx, job)
+
+    def _grammar_of(self, job: InferenceJob) -> Any:
+        from llama_cpp import LlamaGrammar
+
+        gbnf = job_grammar(job)
+        if gbnf is None:
+            return None
+        check_grammar(self.llm._model.vocab, gbnf)
+        return LlamaGrammar.from_string(gbnf, verbose=False)
+
+    def _logprob(self, job: InferenceJob, token: int) -> dict[str, Any] | None:
+        if not job.logprobs:
+            return None
+        return sampled_logprobs(self.llm.ctx, self.llm._model.vocab, -1, token, job.top_logprobs, self._piece)
 
     def _sampling(self, options: dict[str, Any]) -> dict[str, Any]:
         seed = int(options.get("seed", -1))
@@ -129,31 +181,26 @@ class LlamaEngine(Engine):
         stats = Stats()
         tokens = self._tokens(job)
         stats.prompt_tokens = len(tokens)
-        sampling = self._sampling(job.options)
+        grammar, sampling = self._grammar_of(job), self._sampling(job.options)
         limit = int(job.options.get("num_predict", -1))
-        text = TextStream(list(job.options.get("stop", [])))
+        out = _Output(emit, list(job.options.get("stop", [])))
         out_tokens: list[int] = []
         reason = "stop"
-        for seq, token in enumerate(self.llm.generate(tokens, grammar=_grammar(job.format), **sampling)):
-            if stats.first_token is None:
-                stats.first_token = time.perf_counter()
+        for token in self.llm.generate(tokens, grammar=grammar, **sampling):
+            stats.first_token = stats.first_token or time.perf_counter()
             if cancel.is_set():
                 reason = "cancelled"
                 break
             if C.llama_vocab_is_eog(self.llm._model.vocab, token):
                 break
             out_tokens.append(token)
-            delta = text.feed(self._piece(token))
-            if delta:
-                emit(Event(t="tok", seq=seq, text=delta))
-            if text.stopped:
+            out.token(self._piece(token), self._logprob(job, token))
+            if out.stopped:
                 break
             if len(out_tokens) == limit or len(tokens) + len(out_tokens) >= self.spec.num_ctx:
-                reason = "length"
+                reason = "length"  # no context shift: the context is full (also what shift=false asks)
                 break
-        tail = text.flush()
-        if tail:
-            emit(Event(t="tok", seq=len(out_tokens), text=tail))
+        out.finish()
         stats.end = time.perf_counter()
         stats.eval_tokens = len(out_tokens)
         if job.op == "generate" and not job.raw:
@@ -176,6 +223,9 @@ class LlamaEngine(Engine):
 
     async def close(self) -> None:
         def _free() -> None:
+            if self._embedder is not None:
+                self._embedder.close()
+                self._embedder = None
             if self.llm is not None:
                 self.llm.close()
                 self.llm = None
@@ -183,3 +233,13 @@ class LlamaEngine(Engine):
         await asyncio.get_running_loop().run_in_executor(self._executor, _free)
         self._executor.shutdown(wait=False)
 
+
+
+def _guarded(run: Callable[..., Event], *args: Any) -> Event:
+    """Run on the engine thread; any failure becomes an ``err`` event (llama.cpp errors included)."""
+    try:
+        return run(*args)
+    except CaravanError as exc:
+        return Event(t="err", status=exc.status, error=exc.message)
+    except Exception as exc:  # llama.cpp failures must reach the client as an error line
+        return Event(t="err", status=500, error=str(exc) or type(exc).__name__)
