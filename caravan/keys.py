@@ -18,6 +18,12 @@
     caravan:pull:{name}:{run} stream   registry pull job XADD → /api/pull handlers XREAD: Ollama progress objects
     caravan:push:{name}:{run} stream   the same for push jobs
     arq:registry              arq      the registry's pull/push jobs (job id ``pull:{name}`` / ``push:{name}``)
+    caravan:apikey:{sha256}   hash     one API key by the sha256 of its secret: id, name, role, models, limits, …
+    caravan:apikeys           hash     API key id → sha256 of its secret (listing, revocation)
+    caravan:rl:{key id}       string   requests in the key's current one-minute window (PEXPIRE 60 s)
+    caravan:inflight:{key id} zset     the key's in-flight requests → lease expiry (concurrency limit)
+    caravan:tokens:{key id}:{yyyymmdd}  string  tokens the key used that UTC day (EX 2 days)
+    caravan:usage:{yyyymmdd}  hash     field "user|model|kind" (requests, prompt_tokens, completion_tokens) → count
 """
 
 from __future__ import annotations
@@ -104,3 +110,31 @@ def pull_progress(name_key: str, run: str) -> str:
 def push_progress(name_key: str, run: str) -> str:
     """Progress stream of one run of the push job of a model."""
     return f"{PREFIX}:push:{name_key}:{run}"
+
+
+API_KEYS = f"{PREFIX}:apikeys"
+
+
+def api_key(digest: str) -> str:
+    """One API key's record, by the sha256 (hex) of its secret."""
+    return f"{PREFIX}:apikey:{digest}"
+
+
+def rate_window(key_id: str) -> str:
+    """Requests of one API key in its current one-minute window."""
+    return f"{PREFIX}:rl:{key_id}"
+
+
+def in_flight(key_id: str) -> str:
+    """In-flight request leases of one API key."""
+    return f"{PREFIX}:inflight:{key_id}"
+
+
+def daily_tokens(key_id: str, day: str) -> str:
+    """Tokens one API key used on one UTC day (``yyyymmdd``)."""
+    return f"{PREFIX}:tokens:{key_id}:{day}"
+
+
+def usage(day: str) -> str:
+    """Usage counters of one UTC day (``yyyymmdd``)."""
+    return f"{PREFIX}:usage:{day}"

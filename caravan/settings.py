@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from caravan.duration import parse_env_keep_alive
@@ -69,7 +69,8 @@ class GatewaySettings(ServiceSettings):
     registry_url: str = "http://127.0.0.1:11435"
     keep_alive: float = Field(300.0, validation_alias=_alias("CARAVAN_KEEP_ALIVE", "OLLAMA_KEEP_ALIVE"))
     max_queue: int = Field(512, validation_alias=_alias("CARAVAN_MAX_QUEUE", "OLLAMA_MAX_QUEUE"))
-    num_parallel: int = Field(1, validation_alias=_alias("CARAVAN_NUM_PARALLEL", "OLLAMA_NUM_PARALLEL"))
+    # sequences per loaded model (the batch engine's slots; Ollama's auto value); KV = num_ctx × this
+    num_parallel: int = Field(4, validation_alias=_alias("CARAVAN_NUM_PARALLEL", "OLLAMA_NUM_PARALLEL"))
     context_length: int = Field(
         4096, validation_alias=_alias("CARAVAN_CONTEXT_LENGTH", "OLLAMA_CONTEXT_LENGTH")
     )
@@ -78,11 +79,38 @@ class GatewaySettings(ServiceSettings):
     max_replicas: int = 0
     affinity: bool = True
     max_attempts: int = 3
+    # Security (gateway/auth.py, guard.py, security.py; docs/security.md)
+    auth: bool | None = None  # API keys required; unset: on exactly when admin_key is set
+    admin_key: SecretStr = SecretStr("")  # bootstrap admin key (kept only as its sha256)
+    metrics_auth: bool = False  # /metrics and /api/status/prometheus-targets need a key too
+    origins: str = Field("", validation_alias=_alias("CARAVAN_ORIGINS", "OLLAMA_ORIGINS"))  # extra CORS origins
+    max_body_bytes: int = 32 << 20  # request bodies (413 above); blob uploads use max_blob_bytes
+    max_blob_bytes: int = 0  # 0: unlimited
+    user_max_num_predict: int = 0  # caps per role, 0 = none; larger values are clamped
+    user_max_num_ctx: int = 0
+    admin_max_num_predict: int = 0
+    admin_max_num_ctx: int = 0
+    stream_lease: float = 3600.0  # a crashed gateway's in-flight counts expire after this many seconds
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    audit_log: Path | None = None  # JSON lines file; unset: logger "caravan.audit" (stderr)
+    audit_prompts: bool = False
+    usage_retention_days: int = 400
 
     @field_validator("keep_alive", "load_timeout", mode="before")
     @classmethod
     def _durations(cls, value: Any) -> Any:
         return parse_env_keep_alive(value) if isinstance(value, str) else value
+
+    @field_validator("auth", "tls_cert", "tls_key", "audit_log", mode="before")
+    @classmethod
+    def _unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Keys are required when ``CARAVAN_AUTH`` says so; unset, when a bootstrap admin key is configured."""
+        return bool(self.admin_key.get_secret_value()) if self.auth is None else self.auth
 
     @property
     def bind(self) -> tuple[str, int]:
@@ -92,6 +120,20 @@ class GatewaySettings(ServiceSettings):
 class RegistrySettings(ServiceSettings):
     models: Path = Field(default_factory=default_models_dir, validation_alias=_alias("CARAVAN_MODELS", "OLLAMA_MODELS"))
     registry_host: str = "127.0.0.1:11435"
+    # Pull/push (registry/client.py, download.py, jobs.py). Names on the default host are fetched from
+    # ``upstream`` (a LAN mirror: another Caravan, or Ollama's registry) and stored under their own name.
+    upstream: str = "https://registry.ollama.ai"
+    pull_through: bool = True  # /v2/ manifest misses of default-host names are pulled from ``upstream``
+    pull_min_part: int = 100_000_000  # part size = total/16 clamped to [min, max] (Ollama's values)
+    pull_max_part: int = 1_000_000_000
+    transfer_streams: int = 16  # parallel ranged GETs per blob
+    transfer_retries: int = 6  # attempts per part/request; an attempt that moved bytes resets the count
+    transfer_backoff: float = 1.0  # first retry sleep (doubles each attempt)
+    transfer_stall: float = 30.0  # seconds without a byte before a part is retried
+    transfer_timeout: float = 86400.0  # arq job timeout of one pull/push
+    registry_key: Path = Field(default_factory=lambda: Path(os.path.expanduser("~/.ollama/id_ed25519")))
+    blob_redirect_host: str = ""  # host[:port] that /v2/ blob GETs redirect to (default: another spelling)
+    job_poll_delay: float = 0.2
 
     @property
     def bind(self) -> tuple[str, int]:
@@ -108,5 +150,11 @@ class WorkerSettings(ServiceSettings):
     n_threads: int = 0
     n_gpu_layers: int = 0
     main_gpu: int = 0
-    engine: str = "llama"
+    engine: str = "batch"  # "batch": continuous batching (worker.engine.batch); "llama": one sequence; "fake"
     metrics_port: int = 0
+    metrics_host: str = ""  # /metrics bind address; "" = this machine's address on the route to Redis
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _no_store(cls, value: Any) -> Any:
+        return None if value == "" else value
