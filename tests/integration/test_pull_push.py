@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -103,7 +104,7 @@ def registry(redis_base: str, logs: Path, tmp_path: Path, proxy: FaultProxy) -> 
 @pytest.fixture(scope="module")
 def docker_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's docker-registry (distribution 2.8) on a free loopback port, filesystem storage."""
-    binary = shutil.which("docker-registry")
+    binary = shutil.which("docker-registry") or shutil.which("docker-registry", path=str(Path(sys.executable).parent))
     if binary is None:
         pytest.skip("docker-registry is not installed (apt-get install -y docker-registry)")
     root, port = tmp_path_factory.mktemp("docker-registry"), free_port()
