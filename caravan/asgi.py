@@ -24,7 +24,7 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def error_response(exc: CaravanError) -> JSONResponse:
-    return JSONResponse(error_body(exc), status_code=exc.status)
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers)
 
 
 async def _caravan_error(_: Request, exc: Exception) -> Response:

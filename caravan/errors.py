@@ -20,6 +20,7 @@ which calls :func:`error_body`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -27,12 +28,15 @@ class CaravanError(Exception):
     """Base of every error a client may see; ``status`` is the HTTP status."""
 
     status: int = 500
+    headers: dict[str, str] | None = None  # extra response headers (``Retry-After`` of a 429)
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
+        if headers is not None:
+            self.headers = headers
 
     def to_wire(self) -> dict[str, Any]:
         """The error as it crosses Redis between services."""
@@ -72,7 +76,12 @@ class PayloadTooLarge(CaravanError):
 
 
 class TooManyRequests(CaravanError):
+    """A limit was hit; ``retry_after`` seconds (rounded up) travel as the ``Retry-After`` header."""
+
     status = 429
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
 class ClientClosed(CaravanError):

@@ -8,6 +8,7 @@ import uvicorn
 
 from caravan.logs import setup_logging
 from caravan.settings import GatewaySettings
+from gateway import security
 from gateway.app import create_app
 
 
@@ -15,8 +16,10 @@ def main() -> None:
     settings = GatewaySettings()
     setup_logging("gateway", settings.log_level, settings.log_json)
     logging.getLogger("gateway").info("starting gateway", extra={"settings": settings.redacted()})
+    security.startup_checks(settings)
     host, port = settings.bind
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False,
+                **security.tls_options(settings))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from caravan.asgi import install_error_handlers
 from caravan.settings import GatewaySettings
+from gateway import security
 from gateway.access import AccessMiddleware
 from gateway.inference import InferenceService
 from gateway.metrics import GatewayMetrics
@@ -50,6 +51,7 @@ def create_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None)
     app = FastAPI(title="caravan-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.state.metrics = app_metrics
+    security.install(app, settings, app_metrics.registry)  # guard, Host guard, CORS; /api/keys, /api/usage
     app.add_middleware(AccessMiddleware, metrics=app_metrics)
     app.add_exception_handler(RedisError, _redis_down)
     for module in (meta, models, inference, embed, openai, transfer, status, ps):
