@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -63,6 +64,7 @@ class LocalCluster:
         self.redis_url = config.redis_url or ""
         self.registry_port = config.registry_port or free_port()
         self.log_dir = config.log_dir or Path(tempfile.mkdtemp(prefix="caravan-logs-"))
+        self.internal_token = os.environ.get("CARAVAN_INTERNAL_TOKEN") or secrets.token_urlsafe(24)
 
     @property
     def gateway_url(self) -> str:
@@ -102,7 +104,8 @@ class LocalCluster:
 
     def common_env(self) -> dict[str, str]:
         return {"CARAVAN_REDIS_URL": self.redis_url, "CARAVAN_REGISTRY_URL": self.registry_url,
-                "CARAVAN_MODELS": str(self.config.models), "PYTHONUNBUFFERED": "1"}
+                "CARAVAN_MODELS": str(self.config.models), "PYTHONUNBUFFERED": "1",
+                "CARAVAN_INTERNAL_TOKEN": self.internal_token}
 
     def start_registry(self) -> None:
         env = {**self.common_env(), "CARAVAN_REGISTRY_HOST": f"127.0.0.1:{self.registry_port}"}

@@ -52,6 +52,10 @@ class ServiceSettings(BaseSettings):
     redis_url: str = DEFAULT_REDIS_URL
     log_level: str = "INFO"
     log_json: bool = True
+    # Shared secret between services: when set, the registry refuses model changes and blob downloads
+    # that do not carry it (the gateway and workers send it), so publishing the registry's port for LAN
+    # pulls (/v2/ reads) does not bypass the gateway's API keys.
+    internal_token: str = ""
 
     def redacted(self) -> dict[str, Any]:
         """Settings for the start-up log line, secrets hidden."""

@@ -38,7 +38,7 @@ def create_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = connect(settings.redis_url)
         arq = await create_pool(RedisSettings.from_dsn(settings.redis_url))
-        registry = RegistryClient(settings.registry_url)
+        registry = RegistryClient(settings.registry_url, settings.internal_token)
         scheduler = Scheduler(settings, redis, arq)
         app.state.registry = registry
         app.state.scheduler = scheduler

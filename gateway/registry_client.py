@@ -8,16 +8,19 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from caravan.errors import NotFound, UpstreamError, from_wire
+from caravan.registry_auth import INTERNAL_HEADER, internal_headers
 from caravan.wire.registry import ModelRecord
 
-HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "host"}
+HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "host",
+               INTERNAL_HEADER.lower()}
 
 
 class RegistryClient:
     """HTTP client for the registry service."""
 
-    def __init__(self, base_url: str) -> None:
-        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=httpx.Timeout(30, read=None))
+    def __init__(self, base_url: str, token: str = "") -> None:
+        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=httpx.Timeout(30, read=None),
+                                      headers=internal_headers(token))
 
     async def resolve(self, model: str) -> ModelRecord:
         """The record of ``model``; Ollama's ``model 'X' not found`` when unknown."""

@@ -15,6 +15,7 @@ from caravan.settings import RegistrySettings
 from registry import jobs
 from registry.metrics import install_metrics
 from registry.routes import create, distribution, internal, models, transfer
+from registry.security import InternalTokenGuard
 from registry.store import Store
 
 
@@ -24,6 +25,8 @@ def create_app(settings: RegistrySettings) -> FastAPI:
     app.state.store = Store(settings.models)
     app.state.settings = settings
     install_error_handlers(app)
+    if settings.internal_token:
+        app.add_middleware(InternalTokenGuard, token=settings.internal_token)
     install_metrics(app, app.state.store)
     for module in (models, internal, create, transfer, distribution):
         app.include_router(module.router)

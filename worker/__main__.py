@@ -28,10 +28,12 @@ def engine_factory(settings: WorkerSettings, blobs: BlobCache) -> Callable[[Load
             from worker.engine.fake import FakeEngine
 
             return FakeEngine(spec)
+        from worker.engine.batch import BatchEngine
         from worker.engine.llama import LlamaEngine
 
-        engine = LlamaEngine(spec, await blobs.path(spec.blob), n_threads=settings.n_threads,
-                             n_gpu_layers=settings.n_gpu_layers)
+        kind = BatchEngine if settings.engine == "batch" else LlamaEngine
+        engine = kind(spec, await blobs.path(spec.blob), n_threads=settings.n_threads,
+                      n_gpu_layers=settings.n_gpu_layers)
         await engine.load()
         return engine
 
@@ -47,8 +49,9 @@ def connect(url: str, worker_id: str) -> Redis:
 async def serve(settings: WorkerSettings) -> None:
     redis = connect(settings.redis_url, settings.worker_id)
     pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
-    blobs = BlobCache(settings.registry_url, settings.cache_dir, settings.models)
+    blobs = BlobCache(settings.registry_url, settings.cache_dir, settings.models, settings.internal_token)
     worker = Worker(settings, redis, engine_factory(settings, blobs))
+    worker.metrics.serve(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

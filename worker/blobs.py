@@ -10,18 +10,21 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
 from caravan.errors import DigestMismatch, UpstreamError
 from caravan.names import parse_digest
+from caravan.registry_auth import internal_headers
 
 
 class BlobCache:
     """Find or fetch a blob; ``models`` is a shared Ollama store (optional), ``cache`` a local directory."""
 
-    def __init__(self, registry_url: str, cache: Path, models: Path | None = None) -> None:
+    def __init__(self, registry_url: str, cache: Path, models: Path | None = None, token: str = "") -> None:
         self.registry_url = registry_url.rstrip("/")
+        self.headers = internal_headers(token)
         self.cache = cache
         self.models = models
 
@@ -42,21 +45,26 @@ class BlobCache:
     async def _fetch(self, digest: str) -> Path:
         self.cache.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.cache, prefix=".tmp-")
-        hasher = hashlib.sha256()
         try:
             with os.fdopen(fd, "wb") as handle:
-                async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=300)) as client, client.stream(
-                    "GET", f"{self.registry_url}/internal/blobs/{parse_digest(digest)}"
-                ) as response:
-                    if response.status_code != 200:
-                        raise UpstreamError(f"registry answered {response.status_code} for blob {digest}")
-                    async for chunk in response.aiter_bytes(1 << 20):
-                        hasher.update(chunk)
-                        handle.write(chunk)
-            if f"sha256:{hasher.hexdigest()}" != parse_digest(digest):
-                raise DigestMismatch(f"digest mismatch for {digest}: got sha256:{hasher.hexdigest()}")
+                got = await self._download(digest, handle)
+            if got != parse_digest(digest):
+                raise DigestMismatch(f"digest mismatch for {digest}: got {got}")
             final = self.cache / self._name(digest)
             os.replace(tmp, final)
             return final
         finally:
             Path(tmp).unlink(missing_ok=True)  # noqa: ASYNC240 (metadata only)
+
+    async def _download(self, digest: str, handle: BinaryIO) -> str:
+        """Stream the blob from the registry into ``handle``; returns the digest of what arrived."""
+        hasher = hashlib.sha256()
+        url = f"{self.registry_url}/internal/blobs/{parse_digest(digest)}"
+        timeout = httpx.Timeout(30, read=300)
+        async with httpx.AsyncClient(timeout=timeout, headers=self.headers) as client, client.stream("GET", url) as got:
+            if got.status_code != 200:
+                raise UpstreamError(f"registry answered {got.status_code} for blob {digest}")
+            async for chunk in got.aiter_bytes(1 << 20):
+                hasher.update(chunk)
+                handle.write(chunk)
+        return f"sha256:{hasher.hexdigest()}"

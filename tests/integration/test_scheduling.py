@@ -120,7 +120,8 @@ def test_remote_worker_fetches_and_verifies_blob(pool: LocalCluster, tmp_path: P
 
     blob = next(p for p in (Path(pool.config.models) / "blobs").iterdir() if p.stat().st_size > 50_000_000)
     digest = "sha256:" + blob.name.removeprefix("sha256-")
-    cache = BlobCache(pool.registry_url, tmp_path / "cache", models=None)
+    assert httpx.get(f"{pool.registry_url}/internal/blobs/{digest}").status_code == 401, "needs the token"
+    cache = BlobCache(pool.registry_url, tmp_path / "cache", models=None, token=pool.internal_token)
     fetched = asyncio.run(cache.path(digest))
     assert fetched.parent == tmp_path / "cache"
     assert "sha256:" + hashlib.sha256(fetched.read_bytes()).hexdigest() == digest
