@@ -15,7 +15,7 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -295,8 +295,7 @@ class Worker:
             if job.op == "embed":
                 await self._emit(reply, await model.engine.embed(job, cancel))
                 return
-            async for event in self.metrics.observe(model.spec.model, model.engine.stream(job, cancel)):
-                await self._emit(reply, event)
+            await self._relay(reply, self.metrics.observe(model.spec.model, model.engine.stream(job, cancel)))
         except (RedisError, OSError) as exc:
             log.warning("reply stream failed", extra={"error": str(exc)})
             cancel.set()
@@ -304,9 +303,37 @@ class Worker:
             self.cancels.pop(job.id, None)
             await self._release(model)
 
-    async def _emit(self, reply: str, event: Event) -> None:
+    async def _relay(self, reply: str, events: AsyncIterator[Event]) -> None:
+        """Engine events to the reply stream. Events that arrive while a write is in flight go out together
+        in the next write (one round trip), so a slow Redis never makes the stream lag behind the engine."""
+        ready: asyncio.Queue[Event | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for event in events:
+                    ready.put_nowait(event)
+            finally:
+                ready.put_nowait(None)
+
+        task = asyncio.create_task(pump())
+        try:
+            while True:
+                batch = [await ready.get()]
+                while not ready.empty():
+                    batch.append(ready.get_nowait())
+                if out := [event for event in batch if event is not None]:
+                    await self._emit(reply, *out)
+                if batch[-1] is None:
+                    break
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        task.result()  # an engine failure surfaces here
+
+    async def _emit(self, reply: str, *events: Event) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(reply, event.encode(), maxlen=4096, approximate=True)
+            for event in events:
+                pipe.xadd(reply, event.encode(), maxlen=4096, approximate=True)
             pipe.expire(reply, keys.REPLY_TTL)
             await pipe.execute()
 
