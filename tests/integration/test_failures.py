@@ -24,7 +24,8 @@ COUNTING = {"model": MODEL, "prompt": "1, 2, 3, 4, 5, 6,", "raw": True}
 
 def make_cluster(store: Path, logs: Path, workers: int, **gateway_env: str) -> LocalCluster:
     cluster = LocalCluster(ClusterConfig(models=store, gateway_port=free_port(), workers=workers, log_dir=logs,
-                                         worker_env={"CARAVAN_N_THREADS": "1"}, gateway_env=gateway_env))
+                                         worker_env={"CARAVAN_N_THREADS": "1"},
+                                         gateway_env={"OLLAMA_NUM_PARALLEL": "1", **gateway_env}))
     cluster.start()
     return cluster
 
@@ -109,7 +110,7 @@ def small(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     cluster = LocalCluster(ClusterConfig(
         models=demo_store, gateway_port=free_port(), workers=1, log_dir=tmp_path_factory.mktemp("small-logs"),
         worker_env={"CARAVAN_N_THREADS": "1", "CARAVAN_MEMORY_BUDGET": str(300 << 20)},
-        gateway_env={"OLLAMA_MAX_QUEUE": "1"},
+        gateway_env={"OLLAMA_MAX_QUEUE": "1", "OLLAMA_NUM_PARALLEL": "1"},
     ))
     cluster.start()
     yield cluster

@@ -25,7 +25,8 @@ def pool(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """Two workers on a private Redis; replicas as soon as one request waits."""
     cluster = LocalCluster(ClusterConfig(
         models=demo_store, gateway_port=free_port(), workers=2, log_dir=tmp_path_factory.mktemp("pool-logs"),
-        worker_env={"CARAVAN_N_THREADS": "1"}, gateway_env={"CARAVAN_REPLICA_QUEUE_DEPTH": "0"},
+        worker_env={"CARAVAN_N_THREADS": "1"},
+        gateway_env={"CARAVAN_REPLICA_QUEUE_DEPTH": "0", "OLLAMA_NUM_PARALLEL": "1"},
     ))
     cluster.start()
     yield cluster
