@@ -76,24 +76,29 @@ def check_keep_alive(value: Any) -> Any:
     raise BadRequest(f"Unsupported type: '{type(value).__name__}'")
 
 
-class InferenceRequest(WireModel):
-    """Fields shared by generate and chat."""
+class ModelRequest(WireModel):
+    """Fields of every request that runs a model: the name, ``keep_alive`` and ``options``."""
 
     model: str = ""
-    stream: bool | None = None
-    format: Format = None
     keep_alive: float | str | None = None
     options: dict[str, Any] | None = None
-    think: Think = None
-    truncate: bool | None = None
-    shift: bool | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
 
     @field_validator("keep_alive", mode="before")
     @classmethod
     def _keep_alive_type(cls, value: Any) -> Any:
         return check_keep_alive(value)
+
+
+class InferenceRequest(ModelRequest):
+    """Fields shared by generate and chat."""
+
+    stream: bool | None = None
+    format: Format = None
+    think: Think = None
+    truncate: bool | None = None
+    shift: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
     @field_validator("format", mode="before")
     @classmethod
@@ -176,20 +181,12 @@ class ChatResponse(Metrics):
     logprobs: list[dict[str, Any]] | None = None
 
 
-class EmbedRequest(WireModel):
+class EmbedRequest(ModelRequest):
     """``/api/embed`` (§3.7); ``input`` is checked by hand for Ollama's ``invalid input type``."""
 
-    model: str = ""
     input: Any = None
     truncate: bool | None = None
     dimensions: int | None = None
-    keep_alive: float | str | None = None
-    options: dict[str, Any] | None = None
-
-    @field_validator("keep_alive", mode="before")
-    @classmethod
-    def _keep_alive_type(cls, value: Any) -> Any:
-        return check_keep_alive(value)
 
     @property
     def inputs(self) -> list[str]:
@@ -211,18 +208,10 @@ class EmbedResponse(BaseModel):
     prompt_eval_count: int | None = None
 
 
-class EmbeddingsRequest(WireModel):
+class EmbeddingsRequest(ModelRequest):
     """Legacy ``/api/embeddings`` (§3.8): one ``prompt``, vector not normalised."""
 
-    model: str = ""
     prompt: str = ""
-    keep_alive: float | str | None = None
-    options: dict[str, Any] | None = None
-
-    @field_validator("keep_alive", mode="before")
-    @classmethod
-    def _keep_alive_type(cls, value: Any) -> Any:
-        return check_keep_alive(value)
 
 
 class EmbeddingsResponse(BaseModel):

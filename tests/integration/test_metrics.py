@@ -10,8 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from caravan import keys
 from caravan.cluster import ClusterConfig, LocalCluster, free_port
 from caravan.queue import InferenceJob, LoadSpec
+from tests.integration.helpers import wait_for
 
 MODEL = "smollm2:135m"
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,17 +46,6 @@ def samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 def value(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
     return found.get((name, frozenset(labels.items())))
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    """Poll ``check`` until it returns something truthy (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -154,11 +143,11 @@ def test_one_request_id_in_gateway_and_worker_logs(served: httpx.Response, clust
         return next((e for e in log_lines(cluster.log_dir / f"{name}.log")
                      if e.get("request_id") == rid and e.get("msg") == msg), None)
 
-    access = wait_for(lambda: find("gateway", "request"), "the gateway's access line")
+    access = wait_for(lambda: find("gateway", "request"), what="the gateway's access line")
     assert (access["method"], access["path"], access["status"], access["model"]) == ("POST", "/api/generate", 200,
                                                                                     MODEL)
     assert access["duration"] > 0 and "private prompt words" not in json.dumps(access)
-    served_line = wait_for(lambda: find("worker-0", "request served"), "the worker's line")
+    served_line = wait_for(lambda: find("worker-0", "request served"), what="the worker's line")
     assert served_line["model"] == MODEL and served_line["eval_tokens"] >= 1
 
 
@@ -217,12 +206,12 @@ def test_prometheus_scrapes_every_service(prometheus: str) -> None:
         found = query(prometheus, "up == 1")
         return found if found and len(found) >= 3 else None
 
-    up = wait_for(healthy_targets, "three healthy targets")
+    up = wait_for(healthy_targets, timeout=60, what="three healthy targets")
     assert {r["metric"]["job"] for r in up} == {"gateway", "registry", "workers"}
     assert any(r["metric"].get("worker") == "worker-0" for r in up), "http_sd labels reach the worker series"
     for series, job in KEY_SERIES.items():
         selector = f'{series}{{job="{job}"}}'
-        wait_for(functools.partial(query, prometheus, selector), selector)
+        wait_for(functools.partial(query, prometheus, selector), timeout=60, what=selector)
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "caravan.json").read_text())
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
