@@ -68,17 +68,20 @@ async def depth(redis: Redis, spec_key: str) -> int:
 class StrideOrder:
     """Stride scheduling: each user's ``pass`` grows by 1/weight per request served; least pass goes first.
 
-    A user who (re)joins starts at the smallest pass among waiting users, so idle time earns no burst.
+    A user who (re)joins starts at the smallest pass among waiting users, so idle time earns no burst; on a tie
+    the user served fewer times goes first (a newcomer is not made to wait behind a flood's next request).
     """
 
     def __init__(self) -> None:
         self.passes: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
 
     def order(self, waiting: dict[str, Any]) -> list[str]:
         floor = min((self.passes[u] for u in waiting if u in self.passes), default=0.0)
         for user in waiting:
             self.passes[user] = max(self.passes.get(user, floor), floor)
-        return sorted(waiting, key=lambda user: (self.passes[user], user))
+        return sorted(waiting, key=lambda user: (self.passes[user], self.counts.get(user, 0), user))
 
     def served(self, user: str, weight: float) -> None:
         self.passes[user] = self.passes.get(user, 0.0) + 1.0 / max(weight, 1e-6)
+        self.counts[user] = self.counts.get(user, 0) + 1
