@@ -288,14 +288,16 @@ class Worker:
         request_id.set(job.id)
         reply = keys.reply(job.id)
         try:
-            await self._emit(reply, Event(t="start", worker=self.id))
+            start = Event(t="start", worker=self.id)
             if job.op == "load":
-                await self._emit(reply, Event(t="done", done_reason="load"))
+                await self._emit(reply, start, Event(t="done", done_reason="load"))
                 return
             if job.op == "embed":
+                await self._emit(reply, start)
                 await self._emit(reply, await model.engine.embed(job, cancel))
                 return
-            await self._relay(reply, self.metrics.observe(model.spec.model, model.engine.stream(job, cancel)))
+            # "start" is written while the engine prepares the prompt: no round trip before the engine starts
+            await self._relay(reply, self.metrics.observe(model.spec.model, model.engine.stream(job, cancel)), start)
         except (RedisError, OSError) as exc:
             log.warning("reply stream failed", extra={"error": str(exc)})
             cancel.set()
@@ -303,10 +305,12 @@ class Worker:
             self.cancels.pop(job.id, None)
             await self._release(model)
 
-    async def _relay(self, reply: str, events: AsyncIterator[Event]) -> None:
-        """Engine events to the reply stream. Events that arrive while a write is in flight go out together
-        in the next write (one round trip), so a slow Redis never makes the stream lag behind the engine."""
+    async def _relay(self, reply: str, events: AsyncIterator[Event], *first: Event) -> None:
+        """``first`` then the engine's events to the reply stream. Events that arrive while a write is in flight
+        go out together in the next write (one round trip), so a slow Redis never makes the stream lag."""
         ready: asyncio.Queue[Event | None] = asyncio.Queue()
+        for event in first:
+            ready.put_nowait(event)
 
         async def pump() -> None:
             try:

@@ -1,0 +1,257 @@
+"""What the benchmarks share: the demo model, a Caravan cluster on free ports, the peers, streaming clients.
+
+Every figure is a ratio of two measurements taken side by side in one run, on the same GGUF (the demo
+SmolLM2-135M Q4_1), the same threads and the same context per sequence. Peers:
+
+- llama-cpp-python in-process (``Llama``), the library the worker uses;
+- llama.cpp's ``llama-server`` built from the llama.cpp vendored in the same llama-cpp-python sdist
+  (``bench/build_peers.sh`` → ``bench/.peers/build/bin/llama-server``);
+- ``python -m llama_cpp.server`` (llama-cpp-python's OpenAI server; needs its ``[server]`` extras).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from caravan.cluster import ClusterConfig, LocalCluster, free_port
+
+MODEL = "smollm2:135m"
+PEERS = Path(__file__).resolve().parent / ".peers"
+LLAMA_SERVER = PEERS / "build" / "bin" / "llama-server"
+NCPU = os.cpu_count() or 1
+
+
+@dataclass
+class Timing:
+    """One streamed generation as the client saw it (seconds, ``perf_counter``)."""
+
+    sent: float
+    first: float
+    end: float
+    tokens: int
+
+    @property
+    def ttft(self) -> float:
+        return self.first - self.sent
+
+    @property
+    def decode_rate(self) -> float:
+        """Tokens per second after the first token."""
+        return (self.tokens - 1) / (self.end - self.first) if self.tokens > 1 and self.end > self.first else 0.0
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def gguf() -> Path:
+    from registry.demo import demo_gguf
+
+    return demo_gguf()
+
+
+@functools.cache
+def demo_store() -> Path:
+    """A throw-away model store holding the demo model."""
+    from registry.demo import import_demo
+    from registry.store import Store
+
+    root = Path(tempfile.mkdtemp(prefix="caravan-bench-models-"))
+    import_demo(Store(root))
+    return root
+
+
+@contextlib.contextmanager
+def caravan(*, parallel: int, threads: int, num_ctx: int, engine: str = "batch",
+            env: dict[str, str] | None = None) -> Iterator[LocalCluster]:
+    """A whole cluster (embedded redis-server, registry, one worker, gateway) with the model loaded."""
+    cluster = LocalCluster(ClusterConfig(
+        models=demo_store(), gateway_port=free_port(), workers=1,
+        log_dir=Path(tempfile.mkdtemp(prefix="caravan-bench-logs-")),
+        worker_env={"CARAVAN_ENGINE": engine, "CARAVAN_N_THREADS": str(threads), "CARAVAN_LOG_LEVEL": "WARNING"},
+        gateway_env={"OLLAMA_NUM_PARALLEL": str(parallel), "OLLAMA_CONTEXT_LENGTH": str(num_ctx),
+                     "CARAVAN_LOG_LEVEL": "WARNING", **(env or {})},
+    ))
+    cluster.start()
+    try:
+        _load(cluster.gateway_url)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _load(gateway: str, timeout: float = 120.0) -> None:
+    """Load the model (keep it forever); 503 means the worker has not registered yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.post(gateway + "/api/generate", json={"model": MODEL, "keep_alive": -1}, timeout=600)
+        if response.status_code != 503 or time.monotonic() > deadline:
+            response.raise_for_status()
+            return
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def llama_server(*, parallel: int, threads: int, num_ctx: int) -> Iterator[str]:
+    """llama.cpp's own server with ``-np parallel`` and ``num_ctx`` per slot; yields its base URL."""
+    if not LLAMA_SERVER.exists():
+        raise SystemExit(f"{LLAMA_SERVER} is missing: run bench/build_peers.sh first")
+    port = free_port()
+    argv = [str(LLAMA_SERVER), "-m", str(gguf()), "--host", "127.0.0.1", "--port", str(port),
+            "-np", str(parallel), "-c", str(num_ctx * parallel), "-t", str(threads), "-tb", str(NCPU),
+            "-fa", "off", "--no-webui", "--log-disable"]
+    with _process(argv, f"http://127.0.0.1:{port}/health") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def llama_cpp_server(*, threads: int, num_ctx: int) -> Iterator[str]:
+    """``python -m llama_cpp.server`` (one request at a time by design; no stream interruption)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf()), "--host", "127.0.0.1",
+            "--port", str(port), "--n_ctx", str(num_ctx), "--n_threads", str(threads),
+            "--n_threads_batch", str(NCPU), "--interrupt_requests", "False", "--verbose", "False"]
+    with _process(argv, f"http://127.0.0.1:{port}/v1/models") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _process(argv: list[str], ready: str, timeout: float = 120.0) -> Iterator[str]:
+    log = tempfile.NamedTemporaryFile(prefix="bench-peer-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{argv[0]} did not start; see {log.name}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(ready, timeout=1.0).status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield ready.rsplit("/", 2)[0] if ready.endswith("/v1/models") else ready.rsplit("/", 1)[0]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- streaming clients: each returns the client-side Timing of one greedy generation ---------------------------
+async def _lines(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> AsyncIterator[str]:
+    async with client.stream("POST", url, json=body, timeout=900) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line.strip():
+                yield line
+
+
+async def caravan_generate(client: httpx.AsyncClient, base: str, prompt: str, num_predict: int) -> Timing:
+    """Ollama ``/api/generate`` streaming, raw prompt, greedy."""
+    body = {"model": MODEL, "prompt": prompt, "raw": True, "stream": True,
+            "options": {"temperature": 0, "num_predict": num_predict}}
+    sent = time.perf_counter()
+    first, tokens = 0.0, 0
+    async for line in _lines(client, base + "/api/generate", body):
+        chunk = json.loads(line)
+        if "error" in chunk:
+            raise RuntimeError(chunk["error"])
+        if not first and chunk.get("response"):
+            first = time.perf_counter()
+        if chunk.get("done"):
+            tokens = int(chunk.get("eval_count", 0))
+    return Timing(sent, first or time.perf_counter(), time.perf_counter(), tokens)
+
+
+async def llama_server_generate(client: httpx.AsyncClient, base: str, prompt: str, num_predict: int) -> Timing:
+    """llama-server's native ``/completion`` streaming, greedy."""
+    body = {"prompt": prompt, "n_predict": num_predict, "temperature": 0, "stream": True, "cache_prompt": True}
+    sent = time.perf_counter()
+    first, tokens = 0.0, 0
+    async for line in _lines(client, base + "/completion", body):
+        if not line.startswith("data: "):
+            continue
+        chunk = json.loads(line[6:])
+        if not first and chunk.get("content"):
+            first = time.perf_counter()
+        if chunk.get("stop"):
+            tokens = int(chunk.get("tokens_predicted", 0))
+    return Timing(sent, first or time.perf_counter(), time.perf_counter(), tokens)
+
+
+async def llama_cpp_server_generate(client: httpx.AsyncClient, base: str, prompt: str, num_predict: int) -> Timing:
+    """llama_cpp.server's OpenAI ``/v1/completions`` streaming, greedy; one chunk per token."""
+    body = {"prompt": prompt, "max_tokens": num_predict, "temperature": 0, "stream": True}
+    sent = time.perf_counter()
+    first, tokens = 0.0, 0
+    async for line in _lines(client, base + "/v1/completions", body):
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if chunk["choices"][0].get("finish_reason") is None:
+            tokens += 1
+            first = first or time.perf_counter()
+    return Timing(sent, first or time.perf_counter(), time.perf_counter(), tokens)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def story_prompt(index: int) -> str:
+    """Distinct prompts (so no request reuses another's prefix) that make the model write at length."""
+    topics = ["a dragon", "the sea", "a lost robot", "a small village", "the moon", "a clockmaker",
+              "a winter storm", "an old library", "a desert caravan", "a lighthouse keeper"]
+    return f"Story {index}. Once upon a time there was {topics[index % len(topics)]} who"
+
+
+@dataclass
+class Row:
+    """One line of the results table: Caravan's figure, the peer's, their ratio and the target."""
+
+    bench: str
+    metric: str
+    caravan: float
+    peer: float | None = None
+    peer_name: str = ""
+    ratio: float | None = None
+    target: str = ""
+    ok: bool | None = None
+
+    def cells(self) -> list[str]:
+        def fmt(value: float | None) -> str:
+            return "" if value is None else f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+
+        verdict = "" if self.ok is None else "yes" if self.ok else "NO"
+        return [self.bench, self.metric, fmt(self.caravan), fmt(self.peer), self.peer_name,
+                "" if self.ratio is None else f"{self.ratio:.2f}×", self.target, verdict]
+
+
+HEADER = ["bench", "metric", "Caravan", "peer", "peer is", "ratio", "target", "met"]
+
+
+def table(rows: list[Row]) -> str:
+    """A Markdown table of the rows."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)

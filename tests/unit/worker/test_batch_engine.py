@@ -1,0 +1,242 @@
+"""The batching engine on the real demo model (SmolLM2-135M), in-process: no Redis, no gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from caravan.queue import Event, InferenceJob, LoadSpec
+from worker.engine.batch import BatchEngine
+from worker.engine.batcher import Slot, common_prefix
+from worker.engine.sampling import SamplingParams
+
+PROMPTS = ["Why is the sky blue?", "Write a haiku about the sea.", "What is 2+2?", "Name three fruits."]
+GREEDY = {"temperature": 0, "num_predict": 24}
+
+
+def make_engine(parallel: int, reuse_prefix: bool = True) -> BatchEngine:
+    from registry.demo import demo_gguf
+
+    spec = LoadSpec(model="smollm2", blob="demo", num_ctx=1024, parallel=parallel)
+    engine = BatchEngine(spec, demo_gguf(), n_threads=2, reuse_prefix=reuse_prefix)
+    asyncio.run(engine.load())
+    return engine
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[BatchEngine]:
+    """Four slots with prefix reuse: the worker's configuration."""
+    running = make_engine(4)
+    yield running
+    asyncio.run(running.close())
+
+
+@pytest.fixture(scope="module")
+def fresh() -> Iterator[BatchEngine]:
+    """Four slots, every request starting from an empty sequence (no prefix reuse)."""
+    running = make_engine(4, reuse_prefix=False)
+    yield running
+    asyncio.run(running.close())
+
+
+def job(prompt: str, options: dict[str, Any] | None = None, op: str = "generate", **fields: Any) -> InferenceJob:
+    spec = LoadSpec(model="smollm2", blob="demo", num_ctx=1024, parallel=4)
+    return InferenceJob(id=prompt[:20], op=op, model="smollm2", spec=spec, prompt=prompt,
+                        options=options if options is not None else dict(GREEDY), **fields)
+
+
+async def run(engine: BatchEngine, request: InferenceJob, cancel: threading.Event | None = None) -> tuple[str, Event]:
+    """The request's text and its final event."""
+    text, final = [], None
+    async for event in engine.stream(request, cancel or threading.Event()):
+        if event.t == "tok":
+            text.append(event.text)
+        else:
+            final = event
+    assert final is not None
+    return "".join(text), final
+
+
+def generated(engine: BatchEngine, request: InferenceJob, final: Event) -> list[int]:
+    """Token ids the request generated (the done event's context minus the prompt)."""
+    assert final.stats is not None and final.t == "done"
+    return list(final.stats["context"])[len(engine.tokens(request)) :]
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    n = common_prefix(a, b)
+    return None if n == len(a) == len(b) else n
+
+
+async def test_concurrent_greedy_output_equals_each_request_alone(fresh: BatchEngine) -> None:
+    jobs = [job(p) for p in PROMPTS]
+    alone = [await run(fresh, j) for j in jobs]
+    steps = fresh.batcher.steps if fresh.batcher else 0
+    together = await asyncio.gather(*(run(fresh, j) for j in jobs))
+    assert fresh.batcher is not None and fresh.batcher.steps - steps < sum(
+        len(generated(fresh, j, a[1])) for j, a in zip(jobs, alone, strict=True)), "requests shared decode steps"
+    for request, (text, final), (text_b, final_b) in zip(jobs, alone, together, strict=True):
+        ids, ids_b = generated(fresh, request, final), generated(fresh, request, final_b)
+        diverge = first_difference(ids, ids_b)
+        assert diverge is None, f"{request.prompt!r}: alone and batched tokens diverge at position {diverge}"
+        assert text == text_b and final.done_reason == final_b.done_reason
+
+
+async def test_more_requests_than_slots_all_complete(fresh: BatchEngine) -> None:
+    prompts = [f"Count from {n} to {n + 3}." for n in range(7)]
+    alone = [await run(fresh, job(p, {"temperature": 0, "num_predict": 8})) for p in prompts[:2]]
+    together = await asyncio.gather(*(run(fresh, job(p, {"temperature": 0, "num_predict": 8})) for p in prompts))
+    assert all(final.t == "done" and final.done_reason in ("stop", "length") for _, final in together)
+    assert [text for text, _ in together[:2]] == [text for text, _ in alone]
+
+
+async def test_prefix_reuse_evaluates_only_new_tokens(engine: BatchEngine) -> None:
+    first = job("Tell me about the moon.", op="chat", messages=[{"role": "user", "content": "Tell me about the moon."}])
+    reply, final = await run(engine, first)
+    assert final.stats is not None and final.done_reason in ("stop", "length")
+    history = [*first.messages, {"role": "assistant", "content": reply}, {"role": "user", "content": "And the sun?"}]
+    second = job("", op="chat", messages=history)
+    assert engine.batcher is not None
+    before = engine.batcher.prefilled
+    _, final2 = await run(engine, second)
+    evaluated = engine.batcher.prefilled - before
+    prompt2 = engine.tokens(second)
+    assert final2.stats is not None and final2.stats["prompt_eval_count"] == len(prompt2)
+    assert evaluated <= len(prompt2) - len(engine.tokens(first)), "the first turn's prompt was evaluated again"
+
+
+async def test_request_preempted_when_kv_is_full_still_completes_unchanged(fresh: BatchEngine) -> None:
+    batcher = fresh.batcher
+    assert batcher is not None
+    jobs = [job(p) for p in PROMPTS[:2]]
+    alone = [await run(fresh, j) for j in jobs]
+    real, refused = batcher.llama_decode, []
+
+    def full_once() -> int:  # the first mixed step finds no KV room, as a full unified cache would
+        if not refused and batcher.batch.n_tokens > 1 and len(batcher._busy()) == 2 and batcher.steps > 3:
+            refused.append(batcher.steps)
+            return 1
+        return real()
+
+    batcher.llama_decode = full_once  # type: ignore[method-assign]
+    try:
+        together = await asyncio.gather(*(run(fresh, j) for j in jobs))
+    finally:
+        del batcher.llama_decode
+    assert refused, "the test never filled the cache"
+    assert [t for t, _ in together] == [t for t, _ in alone]
+
+
+async def test_cancel_ends_with_cancelled_and_frees_the_slot(engine: BatchEngine) -> None:
+    cancel = threading.Event()
+    seen = 0
+    final = None
+    async for event in engine.stream(job("1, 2, 3, 4,", {"temperature": 0, "num_predict": 500}, raw=True), cancel):
+        if event.t == "tok":
+            seen += 1
+            if seen == 3:
+                cancel.set()
+        else:
+            final = event
+    assert final is not None and final.done_reason == "cancelled"
+    assert final.stats is not None and final.stats["eval_count"] < 500
+    text, after = await run(engine, job("Say hi.", {"temperature": 0, "num_predict": 4}))
+    assert after.t == "done" and text
+
+
+async def test_cancel_while_queued_behind_busy_slots(fresh: BatchEngine) -> None:
+    long = {"temperature": 0, "num_predict": 400}
+    cancels = [threading.Event() for _ in range(5)]
+    runs = [asyncio.create_task(run(fresh, job(f"{i}, {i + 1}, {i + 2},", long, raw=True), cancel))
+            for i, cancel in enumerate(cancels)]
+    cancels[4].set()
+    _, queued = await runs[4]
+    for cancel in cancels[:4]:
+        cancel.set()
+    finals = [final for _, final in await asyncio.gather(*runs[:4])]
+    assert queued.done_reason == "cancelled" and queued.stats is not None and queued.stats["eval_count"] <= 1
+    assert all(final.done_reason == "cancelled" for final in finals)
+
+
+async def test_stop_strings_cut_the_text(engine: BatchEngine) -> None:
+    base, _ = await run(engine, job("List three fruits."))
+    stop = base[3:6]
+    cut, final = await run(engine, job("List three fruits.", {**GREEDY, "stop": [stop]}))
+    assert final.done_reason == "stop" and stop not in cut and base.startswith(cut)
+
+
+async def test_json_format_is_valid_json(engine: BatchEngine) -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    text, final = await run(engine, job("Give a name as JSON.", {"temperature": 0, "num_predict": 64},
+                                        format=schema))
+    assert final.done_reason == "stop" and "name" in json.loads(text)
+
+
+async def test_bad_format_is_a_400(engine: BatchEngine) -> None:
+    _, final = await run(engine, job("x", format="yaml"))
+    assert final.t == "err" and final.status == 400
+
+
+async def test_seeded_sampling_is_per_sequence(engine: BatchEngine) -> None:
+    options = {"temperature": 1.0, "top_k": 100, "top_p": 1.0, "seed": 7, "num_predict": 16,
+               "repeat_penalty": 1.2, "presence_penalty": 0.5, "frequency_penalty": 0.5, "min_p": 0.01}
+    alone, _ = await run(engine, job("Invent a word.", options))
+    together = await asyncio.gather(*(run(engine, job("Invent a word.", options)) for _ in range(3)))
+    assert all(text == alone for text, _ in together)
+
+
+def test_slot_choice_prefers_longest_prefix_then_least_recently_used(engine: BatchEngine) -> None:
+    assert engine.batcher is not None
+    slots = [Slot(0, [1, 2, 3], used=5.0), Slot(1, [1, 2, 9, 9], used=1.0), Slot(2, [], used=0.0),
+             Slot(3, [7], used=3.0)]
+    assert engine.batcher._choose(slots, [1, 2, 3, 4]).seq_id == 0
+    assert engine.batcher._choose(slots, [5, 5]).seq_id == 2
+    assert engine.batcher._choose(slots[:2] + slots[3:], [5]).seq_id == 1
+
+
+async def test_logprobs_come_from_each_sequences_own_row(engine: BatchEngine) -> None:
+    from worker.engine.llama import LlamaEngine
+
+    options = {"temperature": 0, "num_predict": 8}
+    prompts = ["The capital of France is", "Two plus two equals"]
+
+    async def entries(eng: BatchEngine | LlamaEngine, prompt: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        async for event in eng.stream(job(prompt, options, raw=True, logprobs=True, top_logprobs=3),
+                                      threading.Event()):
+            out += event.logprobs or []
+        return out
+
+    batched = await asyncio.gather(*(entries(engine, p) for p in prompts))
+    single = LlamaEngine(engine.spec, engine.path, n_threads=2)
+    await single.load()
+    try:
+        for prompt, ours in zip(prompts, batched, strict=True):
+            theirs = await entries(single, prompt)
+            assert [e["token"] for e in ours] == [e["token"] for e in theirs] and ours
+            assert all(len(e["top_logprobs"]) == 3 for e in ours)
+            assert all(e["top_logprobs"][0]["token"] == e["token"] for e in ours), "greedy picks the top token"
+            assert [e["logprob"] for e in ours] == pytest.approx([e["logprob"] for e in theirs], abs=1e-3)
+    finally:
+        await single.close()
+
+
+async def test_embeddings_on_the_separate_context(engine: BatchEngine) -> None:
+    request = job("", op="embed", input=["hello world", "the sky is blue"])  # type: ignore[arg-type]
+    final = await engine.embed(request, threading.Event())
+    assert final.t == "done" and final.embeddings is not None and len(final.embeddings) == 2
+    assert len(final.embeddings[0]) == 576 and final.embeddings[0] != final.embeddings[1]
+    text, after = await run(engine, job("Say hi.", {"temperature": 0, "num_predict": 4}))
+    assert after.t == "done" and text
+
+
+def test_sampling_params_follow_ollama_options() -> None:
+    params = SamplingParams.from_options({"temperature": 0.5, "top_k": 7, "repeat_last_n": -1, "seed": 3}, 1024)
+    assert (params.temperature, params.top_k, params.repeat_last_n, params.seed) == (0.5, 7, 1024, 3)
+    assert SamplingParams.from_options({}, 1024).top_p == 0.9
+    assert SamplingParams.from_options({}, 1024).seed != SamplingParams.from_options({}, 1024).seed
