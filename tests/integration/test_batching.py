@@ -54,7 +54,7 @@ def test_concurrent_streams_overlap_and_match_sequential_output(batch_gateway: s
     results: dict[str, str] = {}
 
     def worker(prompt: str) -> None:
-        results[prompt] = stream_generate(batch_gateway, prompt, {**GREEDY, "num_predict": 48}, log)
+        results[prompt] = stream_generate(batch_gateway, prompt, {**GREEDY, "num_predict": 96}, log)
 
     threads = [threading.Thread(target=worker, args=(p,)) for p in PROMPTS]
     for thread in threads:

@@ -2,7 +2,7 @@
 
 One thread owns the context. Each loop turn is one step::
 
-    reap cancelled → admit waiting requests into free slots (longest common prefix wins) → plan rows:
+    reap cancelled → admit waiting requests into free slots (the slot whose history they continue) → plan:
     one token per decoding sequence, prompt chunks of prefilling ones in the room left (n_batch)
     → llama_decode → commit the rows to each slot's token history → sample each sequence that has
     logits with its own sampler chain → emit text deltas → flush the step's events to asyncio at once
@@ -186,8 +186,17 @@ class Batcher:
             self._assign(self._choose(free, req.target), req)
 
     def _choose(self, free: list[Slot], target: list[int]) -> Slot:
-        """The free slot sharing the longest prefix with ``target``; else the least recently used."""
-        return max(free, key=lambda s: (common_prefix(s.history, target), -s.used))
+        """The free slot whose history ``target`` continues (the common prefix covers at least half of that
+        history: llama-server's rule), the longest such prefix first. Otherwise an empty slot, else the least
+        recently used, so a shared system prompt alone never evicts another conversation's cache; ties go to
+        a slot next to a busy one (llama.cpp computes consecutive sequence ids in one ubatch)."""
+        shared = {s.seq_id: common_prefix(s.history, target) for s in free}
+        continued = [s for s in free if shared[s.seq_id] and 2 * shared[s.seq_id] >= len(s.history)]
+        if continued:
+            return max(continued, key=lambda s: shared[s.seq_id])
+        busy = {s.seq_id for s in self._busy()}
+        return min(free, key=lambda s: (bool(s.history), s.used, not {s.seq_id - 1, s.seq_id + 1} & busy,
+                                        s.seq_id))
 
     def _assign(self, slot: Slot, req: Request) -> None:
         target = req.target

@@ -6,13 +6,14 @@ import asyncio
 import json
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from caravan.queue import Event, InferenceJob, LoadSpec
 from worker.engine.batch import BatchEngine
-from worker.engine.batcher import Slot, common_prefix
+from worker.engine.batcher import Batcher, Slot, common_prefix
 from worker.engine.sampling import SamplingParams
 
 PROMPTS = ["Why is the sky blue?", "Write a haiku about the sea.", "What is 2+2?", "Name three fruits."]
@@ -190,13 +191,19 @@ async def test_seeded_sampling_is_per_sequence(engine: BatchEngine) -> None:
     assert all(text == alone for text, _ in together)
 
 
-def test_slot_choice_prefers_longest_prefix_then_least_recently_used(engine: BatchEngine) -> None:
+def test_slot_choice_continues_a_history_else_spares_other_caches(engine: BatchEngine) -> None:
     assert engine.batcher is not None
+    choose = engine.batcher._choose
     slots = [Slot(0, [1, 2, 3], used=5.0), Slot(1, [1, 2, 9, 9], used=1.0), Slot(2, [], used=0.0),
              Slot(3, [7], used=3.0)]
-    assert engine.batcher._choose(slots, [1, 2, 3, 4]).seq_id == 0
-    assert engine.batcher._choose(slots, [5, 5]).seq_id == 2
-    assert engine.batcher._choose(slots[:2] + slots[3:], [5]).seq_id == 1
+    assert choose(slots, [1, 2, 3, 4]).seq_id == 0, "the longest history the prompt continues"
+    assert choose(slots, [1, 2, 9, 9, 5]).seq_id == 1
+    assert choose(slots, [5, 5]).seq_id == 2, "an empty slot before evicting anyone"
+    assert choose(slots[:2] + slots[3:], [5]).seq_id == 1, "then the least recently used"
+    system_only = [Slot(0, [1, 2, 3, 4, 5, 6], used=2.0), Slot(1, [], used=0.0)]
+    assert choose(system_only, [1, 2, 8]).seq_id == 1, "a shared system prompt alone does not evict"
+    next_to_busy = SimpleNamespace(_busy=lambda: [Slot(2)])
+    assert Batcher._choose(next_to_busy, [Slot(0), Slot(1), Slot(3)], [5]).seq_id == 1  # type: ignore[arg-type]
 
 
 async def test_logprobs_come_from_each_sequences_own_row(engine: BatchEngine) -> None:
