@@ -290,8 +290,27 @@ class Batcher:
         req.out.token(self._piece(token), self._logprob(req, slot.row, token))
         if req.out.stopped:
             self._finish(slot, "stop")
-        elif len(req.generated) == req.limit or len(req.prompt) + len(req.generated) >= self.num_ctx:
+        elif len(req.generated) == req.limit or self._context_full(slot):
             self._finish(slot, "length")
+
+    def _context_full(self, slot: Slot) -> bool:
+        """No room for the next token, even after a context shift (when the request allows one)."""
+        if len(slot.history) + 1 < self.num_ctx:
+            return False
+        return not (slot.req is not None and slot.req.job.shift and self._shift(slot))
+
+    def _shift(self, slot: Slot) -> bool:
+        """Context shift (Ollama's ``shift: true``): drop the older half after ``num_keep`` tokens and move the
+        rest down, so generation goes on past the context length. False when the memory cannot shift."""
+        keep = min(max(0, int(slot.req.job.options.get("num_keep", 4))) if slot.req else 4, len(slot.history) // 2)
+        discard = (len(slot.history) - keep) // 2
+        if discard <= 0 or not self.C.llama_memory_can_shift(self.mem):
+            return False
+        if not self.C.llama_memory_seq_rm(self.mem, slot.seq_id, keep, keep + discard):
+            return False
+        self.C.llama_memory_seq_add(self.mem, slot.seq_id, keep + discard, -1, -discard)
+        del slot.history[keep : keep + discard]
+        return True
 
     def _piece(self, token: int) -> bytes:
         return token_piece(self.vocab, token)
