@@ -7,7 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.inference import InferenceService
+from gateway.metrics import GatewayMetrics
 from gateway.registry_client import RegistryClient
+from gateway.scheduler import Scheduler
 
 
 def _service(request: Request) -> InferenceService:
@@ -20,5 +22,17 @@ def _registry(request: Request) -> RegistryClient:
     return registry
 
 
+def _scheduler(request: Request) -> Scheduler:
+    scheduler: Scheduler = request.app.state.scheduler
+    return scheduler
+
+
+def _metrics(request: Request) -> GatewayMetrics:
+    metrics: GatewayMetrics = request.app.state.metrics
+    return metrics
+
+
 ServiceDep = Annotated[InferenceService, Depends(_service)]
 RegistryDep = Annotated[RegistryClient, Depends(_registry)]
+SchedulerDep = Annotated[Scheduler, Depends(_scheduler)]
+MetricsDep = Annotated[GatewayMetrics, Depends(_metrics)]

@@ -6,13 +6,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from caravan.errors import CaravanError
 from caravan.queue import LoadedModelState, WorkerState
 from caravan.wire.ollama import mtime_rfc3339
 from caravan.wire.registry import ModelRecord
-from gateway.deps import RegistryDep
+from gateway.deps import RegistryDep, SchedulerDep
 
 router = APIRouter()
 FOREVER_AT = datetime(2318, 1, 1, tzinfo=UTC).timestamp()  # Ollama shows "Forever" for far-future expiries
@@ -41,10 +41,10 @@ def ps_entry(worker: WorkerState, model: LoadedModelState, record: ModelRecord |
 
 
 @router.get("/api/ps")
-async def ps(request: Request, registry: RegistryDep) -> dict[str, Any]:
+async def ps(scheduler: SchedulerDep, registry: RegistryDep) -> dict[str, Any]:
     records: dict[str, ModelRecord | None] = {}
     entries = []
-    for worker in await request.app.state.scheduler.workers():
+    for worker in await scheduler.workers():
         for model in worker.models:
             if model.spec.model not in records:
                 try:

@@ -9,35 +9,20 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
 
 from caravan.wire.status import ClusterStatus, prometheus_targets
 from gateway.cluster_state import read_cluster
-from gateway.metrics import GatewayMetrics
+from gateway.deps import MetricsDep, SchedulerDep
 from gateway.scheduler import Scheduler
 
 router = APIRouter()
 log = logging.getLogger(__name__)
 CLOUD_STATUS: dict[str, object] = {"cloud": {"disabled": True, "source": "none"}}
-
-
-def _scheduler(request: Request) -> Scheduler:
-    scheduler: Scheduler = request.app.state.scheduler
-    return scheduler
-
-
-def _metrics(request: Request) -> GatewayMetrics:
-    metrics: GatewayMetrics = request.app.state.metrics
-    return metrics
-
-
-SchedulerDep = Annotated[Scheduler, Depends(_scheduler)]
-MetricsDep = Annotated[GatewayMetrics, Depends(_metrics)]
 
 
 @router.api_route("/api/status", methods=["GET", "HEAD"])
