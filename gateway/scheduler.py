@@ -92,12 +92,18 @@ class Scheduler:
 
     async def alive(self, worker_id: str) -> bool:
         """The worker's process still holds Redis connections and its heartbeat has not expired."""
+        return await self.connected(worker_id) and bool(await self.redis.exists(keys.worker(worker_id)))
+
+    async def connected(self, worker_id: str) -> bool:
+        """The worker's process still holds named Redis connections (CLIENT LIST, cached briefly).
+
+        Enough for workers just read from their heartbeats (``workers()``): their heartbeat is known present.
+        """
         now = time.monotonic()
         if now - self._alive_at > ALIVE_CACHE_SECONDS:
             self._alive = await self._connected_workers()
             self._alive_at = now
-        connected = self._alive is None or worker_id in self._alive
-        return connected and bool(await self.redis.exists(keys.worker(worker_id)))
+        return self._alive is None or worker_id in self._alive
 
     async def _connected_workers(self) -> set[str] | None:
         """Ids of workers holding named connections; None when CLIENT LIST is not allowed (managed Redis)."""
@@ -111,7 +117,7 @@ class Scheduler:
     # -- placement ------------------------------------------------------------------------------------
     async def ensure_placed(self, spec: LoadSpec) -> None:
         """Make sure enough live workers hold or are loading ``spec``."""
-        workers = [w for w in await self.workers() if not w.draining and await self.alive(w.id)]
+        workers = [w for w in await self.workers() if not w.draining and await self.connected(w.id)]
         holders = [w for w in workers if w.holds(spec.key)]
         if holders and not await self._wants_replica(spec, holders, len(workers)):
             return
@@ -164,7 +170,7 @@ class Scheduler:
         worker_id = raw.decode()
         state = next((w for w in await self.workers() if w.id == worker_id and not w.draining), None)
         model = next((m for m in state.models if m.spec.key == job.spec.key), None) if state else None
-        if model is None or not await self.alive(worker_id):
+        if model is None or not await self.connected(worker_id):
             return False
         if model.in_flight + await self.redis.xlen(keys.worker_queue(job.spec.key, worker_id)) >= model.slots:
             return False
