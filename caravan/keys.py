@@ -4,6 +4,7 @@
     caravan:r:{request}       stream   worker XADD → gateway XREAD: reply events (start, tok, done, err)
     caravan:c:{request}       string   cancel flag (EX 300), the source of truth; PUBLISH on ``caravan:cancel``
     caravan:cancel            channel  poke workers to check cancel flags
+    caravan:models            channel  the registry's models changed: gateways drop their cached records
     caravan:w:{worker}        string   worker heartbeat JSON (EX ``HEARTBEAT_TTL``)
     caravan:workers           zset     worker id → last heartbeat (ms)
     caravan:q:{spec}:u:{user} stream   one user's requests for a spec (fair sharing: workers pick users in turn)
@@ -13,7 +14,6 @@
     caravan:q:{spec}:w:{wrk}  stream   one worker's private queue of a spec (session affinity)
     caravan:aff:{conv}        string   worker that served a conversation prefix (EX 900)
     caravan:loaderr:{spec}    string   last load failure of a spec (EX 30), so waiting requests fail fast
-    caravan:dlq               stream   requests that killed too many workers
     arq:ctl:{worker}          arq      load/unload control jobs for one worker
     caravan:pull:{name}:{run} stream   registry pull job XADD → /api/pull handlers XREAD: Ollama progress objects
     caravan:push:{name}:{run} stream   the same for push jobs
@@ -31,8 +31,8 @@ from __future__ import annotations
 PREFIX = "caravan"
 GROUP = "workers"
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
+MODELS_CHANNEL = f"{PREFIX}:models"
 WORKERS = f"{PREFIX}:workers"
-DLQ = f"{PREFIX}:dlq"
 WORKER_CLIENT_PREFIX = f"{PREFIX}-worker:"  # CLIENT SETNAME of every worker connection (liveness)
 HEARTBEAT_TTL = 10
 LOAD_ERROR_TTL = 30

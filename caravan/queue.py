@@ -1,6 +1,6 @@
 """The queue protocol between gateway and workers (messages carried by the streams in ``caravan.keys``).
 
-    gateway ── XADD caravan:q:{spec}  {"job": InferenceJob JSON}          ──▶ worker (XREADGROUP, ack on admission)
+    gateway ── XADD caravan:q:{spec}:… {"id", "job": InferenceJob JSON}  ──▶ worker (read + ack in one script)
     worker  ── XADD caravan:r:{id}    {"ev": Event JSON}  start|tok|done|err ──▶ gateway (XREAD from 0-0)
 
 A ``LoadSpec`` names what a worker must load to serve a queue: the model blob plus the load-time options;
@@ -87,7 +87,8 @@ class InferenceJob(BaseModel):
     priority: int = 0  # extra scheduling weight of that user's key (weight = 1 + priority)
 
     def encode(self) -> dict[Any, Any]:
-        return {"job": self.model_dump_json()}
+        """Stream entry fields (``caravan.fairqueue``'s scripts read ``id`` for the cancel check)."""
+        return {"id": self.id, "job": self.model_dump_json()}
 
     @classmethod
     def decode(cls, fields: dict[bytes, bytes]) -> InferenceJob:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -43,7 +45,11 @@ def create_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None)
         app.state.registry = registry
         app.state.scheduler = scheduler
         app.state.service = InferenceService(settings, redis, scheduler, registry, app_metrics)
+        watcher = asyncio.create_task(registry.watch(redis))
         yield
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
         await registry.aclose()
         await arq.aclose()
         await redis.aclose()

@@ -13,21 +13,30 @@ Session affinity: a chat's next turn goes to the private queue ``caravan:q:{spec
 that served the previous turn (its KV cache holds the prefix), unless that worker is gone or busy.
 Liveness: a worker's Redis connections are named ``caravan-worker:{id}``; when the process dies Redis drops
 them at once, so ``alive`` notices a kill -9 within one read round, long before the heartbeat TTL.
+
+The request path is latency-bound, so a request whose spec a live worker holds costs one round trip to Redis
+(``fairqueue.enqueue``: depth check + enqueue + doorbell in one script): whether the spec is held is read from a
+snapshot of the cluster (heartbeats + connections) at most ``SNAPSHOT_FRESH`` seconds old, refreshed in the
+background up to ``SNAPSHOT_MAX``. A snapshot that is wrong (the holder died or unloaded since) costs one
+reader round: the reply reader re-places a request that no worker started (``gateway.streaming``). Placement
+decisions themselves (which worker loads what, replicas) always read the cluster afresh.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import logging
+import math
 import time
 from typing import Any
 
 from arq.connections import ArqRedis
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from caravan import fairqueue, keys
 from caravan.errors import SERVER_BUSY, CaravanError, ServerBusy
@@ -37,6 +46,8 @@ from caravan.wire.registry import ModelRecord
 
 log = logging.getLogger(__name__)
 ALIVE_CACHE_SECONDS = 0.25
+SNAPSHOT_FRESH = 1.0  # seconds a cluster snapshot is used as is
+SNAPSHOT_MAX = 5.0  # ... and used while a refresh runs in the background (heartbeats live 10 s)
 AFFINITY_TTL = 900
 
 
@@ -59,6 +70,9 @@ class Scheduler:
         self.arq = arq
         self._alive: set[str] | None = set()
         self._alive_at = 0.0
+        self._snapshot: list[WorkerState] = []
+        self._snapshot_at = -math.inf
+        self._refreshing: asyncio.Task[None] | None = None
 
     def spec_for(self, record: ModelRecord, options: dict[str, Any]) -> LoadSpec:
         """Load-time options from request options over model params over server defaults."""
@@ -114,12 +128,32 @@ class Scheduler:
         return {c["name"].removeprefix(keys.WORKER_CLIENT_PREFIX) for c in clients
                 if c.get("name", "").startswith(keys.WORKER_CLIENT_PREFIX)}
 
+    async def serving(self) -> list[WorkerState]:
+        """Live, connected, non-draining workers from a snapshot (see the module docstring): no round trip
+        while it is fresh, a background refresh while it is not too old."""
+        age = time.monotonic() - self._snapshot_at
+        if age > SNAPSHOT_MAX:
+            await self._refresh_snapshot()
+        elif age > SNAPSHOT_FRESH and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.create_task(self._refresh_snapshot())
+        return self._snapshot
+
+    async def _refresh_snapshot(self) -> None:
+        with contextlib.suppress(RedisError, OSError):  # a background refresh must not fail loudly
+            self._snapshot = [w for w in await self.workers() if not w.draining and await self.connected(w.id)]
+            self._snapshot_at = time.monotonic()
+
+    def forget_snapshot(self) -> None:
+        """The cluster changed (a load was asked, a worker was lost): the next request reads it afresh."""
+        self._snapshot_at = -math.inf
+
     # -- placement ------------------------------------------------------------------------------------
-    async def ensure_placed(self, spec: LoadSpec) -> None:
-        """Make sure enough live workers hold or are loading ``spec``."""
+    async def ensure_placed(self, spec: LoadSpec, depth: int | None = None) -> None:
+        """Make sure enough live workers hold or are loading ``spec`` (``depth``: its queue's, when known)."""
         workers = [w for w in await self.workers() if not w.draining and await self.connected(w.id)]
+        self._snapshot, self._snapshot_at = workers, time.monotonic()
         holders = [w for w in workers if w.holds(spec.key)]
-        if holders and not await self._wants_replica(spec, holders, len(workers)):
+        if holders and not await self._wants_replica(spec, holders, len(workers), depth):
             return
         target = choose_worker([w for w in workers if not w.holds(spec.key)], spec)
         if target is None:
@@ -132,14 +166,16 @@ class Scheduler:
                                f"has ({biggest} bytes)")
         await self.load_on(target.id, spec)
 
-    async def _wants_replica(self, spec: LoadSpec, holders: list[WorkerState], total: int) -> bool:
-        limit = self.settings.max_replicas or total
-        if len(holders) >= limit:
+    async def _wants_replica(self, spec: LoadSpec, holders: list[WorkerState], total: int,
+                             depth: int | None = None) -> bool:
+        if len(holders) >= (self.settings.max_replicas or total):
             return False
-        slots = sum(m.slots for w in holders for m in w.models if m.spec.key == spec.key) or len(holders)
-        return await fairqueue.depth(self.redis, spec.key) > self.settings.replica_queue_depth * slots
+        if depth is None:
+            depth = await fairqueue.depth(self.redis, spec.key)
+        return depth > self.settings.replica_queue_depth * slots_of(spec, holders)
 
     async def load_on(self, worker_id: str, spec: LoadSpec) -> None:
+        self.forget_snapshot()
         await self.arq.enqueue_job(
             "load_model", spec.model_dump(), _job_id=f"load:{worker_id}:{spec.key}",
             _queue_name=keys.control_queue(worker_id),
@@ -153,14 +189,22 @@ class Scheduler:
 
     # -- queues ---------------------------------------------------------------------------------------
     async def submit(self, job: InferenceJob, affinity: str | None = None) -> None:
-        """Place and enqueue ``job``; 503 when its queue is full."""
-        if await fairqueue.depth(self.redis, job.spec.key) >= self.settings.max_queue:
-            raise ServerBusy(SERVER_BUSY)
+        """Place and enqueue ``job``; 503 when its queue is full.
+
+        A spec the snapshot shows held is enqueued at once (one round trip) and placement looks again only if
+        the queue has grown past the replica threshold; otherwise it is placed (or refused) before queueing.
+        """
         job.created = job.created or time.time()
         if affinity and await self._affine(job, affinity):
             return
-        await self.ensure_placed(job.spec)
-        await fairqueue.enqueue(self.redis, job)
+        holders = [w for w in await self.serving() if w.holds(job.spec.key)]
+        if not holders:
+            await self.ensure_placed(job.spec)
+        depth = await fairqueue.enqueue(self.redis, job, self.settings.max_queue)
+        if depth is None:
+            raise ServerBusy(SERVER_BUSY)
+        if holders and depth > self.settings.replica_queue_depth * slots_of(job.spec, holders):
+            await self.ensure_placed(job.spec, depth)
 
     async def _affine(self, job: InferenceJob, conversation: str) -> bool:
         """Enqueue on the private queue of the worker that served this conversation, if it can take it."""
@@ -168,9 +212,9 @@ class Scheduler:
         if raw is None:
             return False
         worker_id = raw.decode()
-        state = next((w for w in await self.workers() if w.id == worker_id and not w.draining), None)
+        state = next((w for w in await self.serving() if w.id == worker_id), None)
         model = next((m for m in state.models if m.spec.key == job.spec.key), None) if state else None
-        if model is None or not await self.connected(worker_id):
+        if model is None:
             return False
         if model.in_flight + await self.redis.xlen(keys.worker_queue(job.spec.key, worker_id)) >= model.slots:
             return False
@@ -195,6 +239,7 @@ class Scheduler:
 
     async def unload(self, blob: str) -> int:
         """Ask every worker holding a spec of ``blob`` to unload it; returns how many were asked."""
+        self.forget_snapshot()
         asked = 0
         for worker in await self.workers():
             for model in worker.models:
@@ -220,6 +265,11 @@ def choose_worker(candidates: list[WorkerState], spec: LoadSpec) -> WorkerState 
         return max(fits, key=lambda w: (w.memory_free, -len(w.models)))
     evictable = [w for w in candidates if w.memory_free + idle_memory(w) >= need]
     return max(evictable, key=lambda w: w.memory_free + idle_memory(w)) if evictable else None
+
+
+def slots_of(spec: LoadSpec, holders: list[WorkerState]) -> int:
+    """Slots the holders give ``spec`` (one per holder still loading it)."""
+    return sum(m.slots for w in holders for m in w.models if m.spec.key == spec.key) or len(holders)
 
 
 def idle_memory(worker: WorkerState) -> int:

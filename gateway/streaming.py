@@ -102,6 +102,7 @@ class ReplyReader:
 
     async def _worker_lost(self) -> None:
         lost, self.worker = self.worker, None
+        self.scheduler.forget_snapshot()
         if self.delivered:
             raise CaravanError(f"worker {lost} stopped while generating the response")
         log.warning("worker lost before streaming; retrying elsewhere", extra={"worker": lost})

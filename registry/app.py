@@ -14,6 +14,7 @@ from caravan.asgi import install_error_handlers
 from caravan.settings import RegistrySettings
 from registry import jobs
 from registry.metrics import install_metrics
+from registry.notify import ModelNotifier
 from registry.routes import create, distribution, internal, models, transfer
 from registry.security import InternalTokenGuard
 from registry.store import Store
@@ -23,6 +24,7 @@ def create_app(settings: RegistrySettings) -> FastAPI:
     app = FastAPI(title="caravan-registry", lifespan=jobs.lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.store = Store(settings.models)
+    app.state.store.on_change = ModelNotifier(settings.redis_url)
     app.state.settings = settings
     install_error_handlers(app)
     if settings.internal_token:

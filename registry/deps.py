@@ -12,7 +12,7 @@ from registry.models import ModelView
 from registry.store import Store
 
 
-def _store(request: Request) -> Store:
+async def _store(request: Request) -> Store:  # async: a plain def would run in the thread pool
     store: Store = request.app.state.store
     return store
 

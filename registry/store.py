@@ -29,7 +29,7 @@ import re
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import AsyncIterable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +106,7 @@ class Store:
         self.manifests.mkdir(parents=True, exist_ok=True)
         self.gc_lock = threading.RLock()
         self._pins: Counter[str] = Counter()
+        self.on_change: Callable[[], None] = lambda: None  # a manifest was written or deleted
 
     # -- pins (see the module docstring) -------------------------------------------------------------
     @contextlib.contextmanager
@@ -237,6 +238,7 @@ class Store:
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
+        self.on_change()
         return True
 
     def delete_manifest(self, name: ModelName) -> None:
@@ -246,6 +248,7 @@ class Store:
             path.unlink()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"model '{name.display}' not found") from None
+        self.on_change()
         for parent in path.parents:
             if parent == self.manifests or not parent.is_relative_to(self.manifests):
                 break

@@ -7,6 +7,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 
+import uvloop
 from arq.connections import RedisSettings, create_pool
 from redis.asyncio import Redis
 
@@ -73,7 +74,8 @@ async def serve(settings: WorkerSettings) -> None:
 def main() -> None:
     settings = WorkerSettings()
     setup_logging("worker", settings.log_level, settings.log_json)
-    asyncio.run(serve(settings))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # uvloop: a faster relay of every token
+        runner.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The worker runtime: claim requests from Redis, run them on engines, stream replies, heartbeat, drain.
 
     arq:ctl:{id} ── load_model/unload_model ──▶ Worker.load / Worker.unload
-    caravan:q:{spec} ── XREADGROUP (COUNT = free slots) ──▶ admit (XACK) ──▶ engine.stream ──▶ XADD caravan:r:{id}
+    caravan:q:{spec}:… ── fairqueue.take (read, ack, write "start": one script) ──▶ engine.stream ──▶ XADD caravan:r:{id}
     caravan:cancel (pub/sub) + caravan:c:{id} ──▶ per-request threading.Event checked between tokens
     every 2 s: SET caravan:w:{id} (EX 10) + ZADD caravan:workers; expire idle models past keep_alive
 """
@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -39,13 +38,9 @@ from worker.engine.base import Engine
 from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
-Fields = dict[Any, Any]
 EngineFactory = Callable[[LoadSpec], Awaitable[Engine]]
 HEARTBEAT_EVERY = 2.0
 CLAIM_BLOCK_MS = 1000
-RECLAIM_EVERY = 5.0
-REDELIVER_IDLE_MS = 15000
-MAX_DELIVERIES = 3
 
 
 @dataclass
@@ -58,7 +53,8 @@ class Loaded:
     expires_at: float | None = None
     last_used: float = field(default_factory=time.time)
     slot_free: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None  # the claim loop
+    claiming: asyncio.Task[bool] | None = None  # its claim in progress (not cancelled with it)
 
     @property
     def free(self) -> int:
@@ -172,6 +168,9 @@ class Worker:
             model.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await model.task
+        if model.claiming:  # requests it claimed are admitted (counted in flight) before this goes on
+            with contextlib.suppress(Exception):
+                await model.claiming
         while model.in_flight:
             model.slot_free.clear()
             await model.slot_free.wait()
@@ -186,17 +185,14 @@ class Worker:
         spec = model.spec.key
         picker = StrideOrder()
         bell = await self._bell_head(spec)
-        next_reclaim = 0.0
         while not self.draining:
             try:
                 if model.free == 0:
                     model.slot_free.clear()
                     await model.slot_free.wait()
                     continue
-                if time.monotonic() >= next_reclaim:
-                    next_reclaim = time.monotonic() + RECLAIM_EVERY
-                    await self._reclaim(model)
-                if not await self._take(model, picker):
+                model.claiming = asyncio.create_task(self._take(model, picker))
+                if not await asyncio.shield(model.claiming):  # unload waits for it: a claimed job is served
                     bell = await self._wait_bell(spec, bell)
             except asyncio.CancelledError:
                 raise
@@ -217,64 +213,28 @@ class Worker:
         return reply[0][1][-1][0] if reply else last
 
     async def _take(self, model: Loaded, picker: StrideOrder) -> bool:
-        """Claim up to ``free`` requests: this worker's private queue first, then users in stride order."""
+        """Claim up to ``free`` requests: this worker's private queue first, then users in stride order.
+
+        One round trip when every waiting stream fits the free slots (nothing to choose), else two. Returns
+        whether more requests may be waiting."""
         spec = model.spec.key
-        private = keys.worker_queue(spec, self.id)
-        waiting, weights = await fairqueue.pending(self.redis, spec)
-        streams: Fields = {private: ">"} if await self.redis.xlen(private) else {}
-        users = picker.order(waiting)[: max(0, model.free - len(streams))]
-        streams.update({keys.user_queue(spec, user): ">" for user in users})
-        if not streams:
-            return False
-        reply = await self.redis.xreadgroup(keys.GROUP, self.id, streams, count=1)
-        for stream, entries in reply or []:
-            name = stream.decode()
-            for entry_id, fields in entries:
-                user = name.rsplit(":u:", 1)[1] if ":u:" in name else None
-                if user is not None:
-                    picker.served(user, weights.get(user, 1.0))
-                await self._admit(model, name, entry_id, fields)
-        return bool(reply)
+        start = Event(t="start", worker=self.id).encode()
+        waiting, claimed = await fairqueue.take(self.redis, spec, self.id, model.free, start)
+        order = picker.order(waiting.waiting)  # users who (re)join the rotation start level with the others
+        more = claimed is None or waiting.private + sum(waiting.waiting.values()) > len(claimed)
+        if claimed is None:
+            streams = [keys.worker_queue(spec, self.id)] if waiting.private else []
+            streams += [keys.user_queue(spec, user) for user in order[: model.free - len(streams)]]
+            claimed = await fairqueue.claim(self.redis, self.id, streams, start)
+        for item in claimed:
+            if item.user is not None:
+                picker.served(item.user, waiting.weights.get(item.user, 1.0))
+            if not item.cancelled:
+                self._admit(model, item.job)
+        return more
 
-    async def _reclaim(self, model: Loaded) -> None:
-        """Re-deliver entries a dead peer read but never admitted; dead-letter ones delivered too often."""
-        spec = model.spec.key
-        streams = [keys.user_queue(spec, u) for u in await fairqueue.active_users(self.redis, spec)]
-        for stream in [keys.worker_queue(spec, self.id), *streams]:
-            with contextlib.suppress(ResponseError):  # a stream without a group yet
-                reclaimed = await self.redis.xautoclaim(stream, keys.GROUP, self.id, REDELIVER_IDLE_MS, "0-0",
-                                                        count=max(1, model.free))
-                for entry_id, fields in reclaimed[1] if reclaimed else []:
-                    if fields:
-                        await self._redeliver(model, stream, entry_id, fields)
-
-    async def _redeliver(self, model: Loaded, stream: str, entry_id: bytes, fields: Fields) -> None:
-        info = await self.redis.xpending_range(stream, keys.GROUP, entry_id, entry_id, 1)
-        if info and info[0]["times_delivered"] > MAX_DELIVERIES:
-            await self._dead_letter(stream, entry_id, fields)
-        else:
-            await self._admit(model, stream, entry_id, fields)
-
-    async def _dead_letter(self, stream: str, entry_id: bytes, fields: Fields) -> None:
-        job = InferenceJob.decode(fields)
-        await self.redis.xadd(keys.DLQ, fields, maxlen=1000, approximate=True)
-        await self.redis.xack(stream, keys.GROUP, entry_id)
-        await self.redis.xdel(stream, entry_id)
-        await self._emit(keys.reply(job.id), Event(t="err", status=500, error=(
-            f"the request was delivered {MAX_DELIVERIES} times without completing; it was moved to {keys.DLQ}")))
-
-    async def _admit(self, model: Loaded, stream: str, entry_id: bytes, fields: Fields) -> None:
-        job = InferenceJob.decode(fields)
-        handback = self.draining or model.free == 0  # claimed too many, or stopping: someone else takes it
-        if handback:
-            await fairqueue.enqueue(self.redis, job)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(stream, keys.GROUP, entry_id)
-            pipe.xdel(stream, entry_id)
-            pipe.exists(keys.cancel(job.id))
-            *_, cancelled = await pipe.execute()
-        if cancelled or handback:
-            return
+    def _admit(self, model: Loaded, job: InferenceJob) -> None:
+        """Serve a claimed job (its ``start`` event is already written: it is this worker's from now on)."""
         model.in_flight += 1
         model.keep_alive = decode_keep_alive(job.keep_alive)
         model.expires_at = None
@@ -287,17 +247,14 @@ class Worker:
     async def _serve(self, model: Loaded, job: InferenceJob, cancel: threading.Event) -> None:
         request_id.set(job.id)
         reply = keys.reply(job.id)
-        try:
-            start = Event(t="start", worker=self.id)
+        try:  # the claim wrote "start"
             if job.op == "load":
-                await self._emit(reply, start, Event(t="done", done_reason="load"))
+                await self._emit(reply, Event(t="done", done_reason="load"))
                 return
             if job.op == "embed":
-                await self._emit(reply, start)
                 await self._emit(reply, await model.engine.embed(job, cancel))
                 return
-            # "start" is written while the engine prepares the prompt: no round trip before the engine starts
-            await self._relay(reply, self.metrics.observe(model.spec.model, model.engine.stream(job, cancel)), start)
+            await self._relay(reply, self.metrics.observe(model.spec.model, model.engine.stream(job, cancel)))
         except (RedisError, OSError) as exc:
             log.warning("reply stream failed", extra={"error": str(exc)})
             cancel.set()
@@ -305,12 +262,10 @@ class Worker:
             self.cancels.pop(job.id, None)
             await self._release(model)
 
-    async def _relay(self, reply: str, events: AsyncIterator[Event], *first: Event) -> None:
-        """``first`` then the engine's events to the reply stream. Events that arrive while a write is in flight
-        go out together in the next write (one round trip), so a slow Redis never makes the stream lag."""
+    async def _relay(self, reply: str, events: AsyncIterator[Event]) -> None:
+        """The engine's events to the reply stream. Events that arrive while a write is in flight go out
+        together in the next write (one round trip), so a slow Redis never makes the stream lag."""
         ready: asyncio.Queue[Event | None] = asyncio.Queue()
-        for event in first:
-            ready.put_nowait(event)
 
         async def pump() -> None:
             try:

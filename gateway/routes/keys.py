@@ -18,14 +18,14 @@ from gateway.auth import KeyStore, Principal, principal
 router = APIRouter()
 
 
-def require_admin() -> Principal:
+async def require_admin() -> Principal:
     who = principal()
     if not who.is_admin:
         raise Forbidden("forbidden: managing API keys needs an admin API key")
     return who
 
 
-def _store(request: Request) -> KeyStore:
+async def _store(request: Request) -> KeyStore:
     return KeyStore(request.app.state.scheduler.redis)
 
 

@@ -21,7 +21,7 @@ from registry.jobs import Event, TransferService
 router = APIRouter()
 
 
-def _transfers(request: Request) -> TransferService:
+async def _transfers(request: Request) -> TransferService:
     service: TransferService | None = getattr(request.app.state, "transfers", None)
     if service is None:
         raise ServerBusy("pull and push need Redis, which this registry could not reach")

@@ -19,9 +19,12 @@ import numpy as np
 import ollama
 import pytest
 
+from caravan.cluster import LocalCluster
 from caravan.names import ModelName
+from caravan.registry_auth import internal_headers
 from registry.demo import demo_gguf
 from registry.store import Store
+from tests.integration.helpers import wait_for
 
 MODEL = "smollm2:135m"
 SYSTEM = "You are a pirate captain. Answer every question in one short sentence, in pirate speak."
@@ -195,3 +198,20 @@ def test_digest_mismatch_leaves_no_file(gateway: str, demo_store: Path) -> None:
     blobs = demo_store / "blobs"
     assert not any((blobs / d.replace(":", "-")).exists() for d in (claimed, actual))
     assert not list(blobs.glob(".tmp-*"))
+
+
+def test_a_change_made_behind_the_gateway_reaches_its_model_cache(
+    client: ollama.Client, gateway: str, cluster: LocalCluster, made: list[str]
+) -> None:
+    """The gateway caches resolved models for minutes; the registry announces every change (caravan:models),
+    so a model deleted at the registry directly (as through another gateway) is gone at once here too."""
+    name = fresh(made)
+    client.create(model=name, from_=MODEL, system="cached")
+    body = {"model": name, "prompt": "Hi", "stream": False, "options": GREEDY}
+    assert httpx.post(f"{gateway}/api/generate", json=body, timeout=120).status_code == 200  # now cached
+    deleted = httpx.request("DELETE", f"{cluster.registry_url}/api/delete", json={"model": name},
+                            headers=internal_headers(cluster.internal_token))
+    assert deleted.status_code == 200, deleted.text
+    gone = wait_for(lambda: (r := httpx.post(f"{gateway}/api/generate", json=body, timeout=120)).status_code == 404
+                    and r, timeout=10, what="the gateway to forget the deleted model")
+    assert gone.json() == {"error": f"model '{name}' not found"}

@@ -78,3 +78,70 @@ async def test_flooding_user_does_not_starve_another(redis_url: str, tmp_path: P
     assert order.index("b") <= 1, f"b waited behind {order.index('b')} of a's requests"
     await worker.drain()
     await redis.aclose()
+
+
+def _spec(tag: str) -> LoadSpec:
+    return LoadSpec(model="fake", blob="sha256:" + "e" * 64, num_ctx=100 + sum(map(ord, tag)) % 1000)
+
+
+def _job(spec: LoadSpec, user: str, n: int) -> InferenceJob:
+    return InferenceJob(id=f"{user}-{n}-{spec.key}", op="generate", model="fake", spec=spec, user=user, prompt="x")
+
+
+async def test_enqueue_counts_the_depth_and_refuses_past_the_limit(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    spec = _spec("limit")
+    assert [await fairqueue.enqueue(redis, _job(spec, u, 0), max_depth=2) for u in ("a", "b", "a")] == [1, 2, None]
+    assert await fairqueue.enqueue(redis, _job(spec, "c", 0), max_depth=2) is None, "refused: nothing queued"
+    assert await redis.xlen(keys.user_queue(spec.key, "c")) == 0
+    assert await fairqueue.depth(redis, spec.key) == 2
+    assert await redis.xlen(keys.bell(spec.key)) == 2, "the doorbell rang once per queued request"
+    await redis.aclose()
+
+
+async def test_claim_reads_acknowledges_and_reports_cancelled_requests(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    spec = _spec("claim")
+    for user, n in (("a", 0), ("a", 1), ("b", 0)):
+        await fairqueue.enqueue(redis, _job(spec, user, n))
+    await redis.set(keys.cancel(f"b-0-{spec.key}"), b"1", ex=60)
+    private = keys.worker_queue(spec.key, "w1")
+    await redis.xgroup_create(private, keys.GROUP, id="0", mkstream=True)
+    await redis.xadd(private, _job(spec, "c", 0).encode())
+
+    waiting = await fairqueue.pending(redis, spec.key, "w1")
+    assert (waiting.private, waiting.waiting, waiting.weights) == (1, {"a": 2, "b": 1}, {"a": 1.0, "b": 1.0})
+    streams = [private, keys.user_queue(spec.key, "a"), keys.user_queue(spec.key, "b")]
+    claimed = await fairqueue.claim(redis, "w1", streams, START)
+    assert [(c.job.id.split("-")[0], c.user, c.cancelled) for c in claimed] == [
+        ("c", None, False), ("a", "a", False), ("b", "b", True)]
+    for stream in streams:  # read and acknowledged in one step: nothing is left pending for a dead worker
+        assert (await redis.xpending(stream, keys.GROUP))["pending"] == 0
+    # ... and the gateway learns who took it in that same step (not for the cancelled one)
+    assert [await _replies(redis, c.job.id) for c in claimed] == [[{b"ev": b"started"}], [{b"ev": b"started"}], []]
+    assert (await fairqueue.pending(redis, spec.key, "w1")).waiting == {"a": 1}
+    assert await fairqueue.claim(redis, "w1", [private], START) == []
+    await redis.aclose()
+
+
+START = {"ev": "started"}
+
+
+async def _replies(redis: Redis, request_id: str) -> list[dict[bytes, bytes]]:
+    return [fields for _, fields in await redis.xrange(keys.reply(request_id))]
+
+
+async def test_take_claims_at_once_when_there_is_nothing_to_choose(redis_url: str) -> None:
+    """Fewer waiting streams than free slots: one round trip claims each head; more: the worker chooses."""
+    redis = Redis.from_url(redis_url)
+    spec = _spec("take")
+    for user in ("a", "b", "a"):
+        await fairqueue.enqueue(redis, _job(spec, user, await redis.xlen(keys.user_queue(spec.key, user))))
+    waiting, claimed = await fairqueue.take(redis, spec.key, "w2", 1, START)
+    assert claimed is None and waiting.waiting == {"a": 2, "b": 1}, "two users, one slot: a choice to make"
+    assert await fairqueue.depth(redis, spec.key) == 3, "nothing was taken"
+    waiting, claimed = await fairqueue.take(redis, spec.key, "w2", 2, START)
+    assert claimed is not None and sorted(c.job.id[:3] for c in claimed) == ["a-0", "b-0"]
+    assert await fairqueue.depth(redis, spec.key) == 1
+    assert [await _replies(redis, c.job.id) for c in claimed] == [[{b"ev": b"started"}]] * 2
+    await redis.aclose()

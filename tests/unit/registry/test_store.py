@@ -54,3 +54,26 @@ def test_manifest_round_trip_and_case_insensitive_lookup(tmp_path: Path) -> None
 def test_missing_manifest_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="model 'x:latest' not found"):
         Store(tmp_path).read_manifest(ModelName.parse("x"))
+
+
+def test_manifest_changes_are_announced_to_gateways(tmp_path: Path, redis_url: str) -> None:
+    """Written (not rewritten unchanged) and deleted manifests publish on caravan:models (registry.notify)."""
+    import redis
+
+    from caravan import keys
+    from registry.notify import ModelNotifier
+
+    store = Store(tmp_path)
+    store.on_change = ModelNotifier(redis_url)
+    listener = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(keys.MODELS_CHANNEL)
+    listener.get_message(timeout=5)  # the subscription is confirmed before anything changes
+    name = ModelName.parse("announced:latest")
+    raw = json.dumps({"schemaVersion": 2, "layers": []}).encode()
+    heard = []
+    for change in (lambda: store.write_manifest(name, raw), lambda: store.write_manifest(name, raw),
+                   lambda: store.delete_manifest(name)):
+        change()
+        heard.append(listener.get_message(timeout=0.5))
+    assert [m and m["data"] for m in heard] == [b"changed", None, b"changed"]
+    listener.close()
