@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,7 @@ class Timing:
     first: float
     end: float
     tokens: int
+    engine_ttft: float | None = None  # Caravan: the worker's own prefill + first sample (prompt_eval_duration)
 
     @property
     def ttft(self) -> float:
@@ -118,6 +120,14 @@ def llama_server(*, parallel: int, threads: int, num_ctx: int) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def echo_server() -> Iterator[str]:
+    """``bench.echo_server``: the client floor (an HTTP server that does nothing); yields its base URL."""
+    port = free_port()
+    with _process([sys.executable, "-m", "bench.echo_server", str(port)], f"tcp://127.0.0.1:{port}") as url:
+        yield url
+
+
+@contextlib.contextmanager
 def llama_cpp_server(*, threads: int, num_ctx: int) -> Iterator[str]:
     """``python -m llama_cpp.server`` (one request at a time by design; no stream interruption)."""
     port = free_port()
@@ -137,11 +147,19 @@ def _process(argv: list[str], ready: str, timeout: float = 120.0) -> Iterator[st
         while True:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"{argv[0]} did not start; see {log.name}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(ready, timeout=1.0).status_code == 200:
+            if ready.startswith("tcp://"):
+                host, port = ready[6:].rsplit(":", 1)
+                with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 1.0):
                     break
+            else:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(ready, timeout=1.0).status_code == 200:
+                        break
             time.sleep(0.1)
-        yield ready.rsplit("/", 2)[0] if ready.endswith("/v1/models") else ready.rsplit("/", 1)[0]
+        if ready.startswith("tcp://"):
+            yield "http://" + ready[6:]
+        else:
+            yield ready.rsplit("/", 2)[0] if ready.endswith("/v1/models") else ready.rsplit("/", 1)[0]
     finally:
         proc.terminate()
         try:
@@ -165,7 +183,7 @@ async def caravan_generate(client: httpx.AsyncClient, base: str, prompt: str, nu
     body = {"model": MODEL, "prompt": prompt, "raw": True, "stream": True,
             "options": {"temperature": 0, "num_predict": num_predict}}
     sent = time.perf_counter()
-    first, tokens = 0.0, 0
+    first, tokens, engine = 0.0, 0, None
     async for line in _lines(client, base + "/api/generate", body):
         chunk = json.loads(line)
         if "error" in chunk:
@@ -174,7 +192,8 @@ async def caravan_generate(client: httpx.AsyncClient, base: str, prompt: str, nu
             first = time.perf_counter()
         if chunk.get("done"):
             tokens = int(chunk.get("eval_count", 0))
-    return Timing(sent, first or time.perf_counter(), time.perf_counter(), tokens)
+            engine = chunk.get("prompt_eval_duration", 0) / 1e9
+    return Timing(sent, first or time.perf_counter(), time.perf_counter(), tokens, engine)
 
 
 async def llama_server_generate(client: httpx.AsyncClient, base: str, prompt: str, num_predict: int) -> Timing:

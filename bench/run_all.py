@@ -23,7 +23,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def run_all(threads: int, quick: bool) -> list[Row]:
     rows: list[Row] = []
-    rows += single_stream.run(rounds_=3 if quick else 8, tokens=32 if quick else 128, threads=threads)
+    rows += single_stream.run(rounds_=3 if quick else 8, tokens=32 if quick else 128, threads=threads,
+                              ttft_rounds=8 if quick else 30)
     rows += concurrency.run(streams=[1, 8] if quick else [1, 4, 8, 16], tokens=24 if quick else 96,
                             rounds=1 if quick else 2, threads=threads)
     rows += second_turn.run(conversations=2 if quick else 6, threads=threads)

@@ -1,7 +1,7 @@
 """The worker runtime: claim requests from Redis, run them on engines, stream replies, heartbeat, drain.
 
     arq:ctl:{id} ── load_model/unload_model ──▶ Worker.load / Worker.unload
-    caravan:q:{spec}:… ── fairqueue.take (read, ack, write "start": one script) ──▶ engine.stream ──▶ XADD caravan:r:{id}
+    caravan:q:{spec}:… ── fairqueue.take (read, ack, write "start": one script) ──▶ engine.stream ──▶ XADD reply
     caravan:cancel (pub/sub) + caravan:c:{id} ──▶ per-request threading.Event checked between tokens
     every 2 s: SET caravan:w:{id} (EX 10) + ZADD caravan:workers; expire idle models past keep_alive
 """
