@@ -78,12 +78,13 @@ def demo_store() -> Path:
 
 @contextlib.contextmanager
 def caravan(*, parallel: int, threads: int, num_ctx: int, engine: str = "batch",
-            env: dict[str, str] | None = None) -> Iterator[LocalCluster]:
+            env: dict[str, str] | None = None, worker_env: dict[str, str] | None = None) -> Iterator[LocalCluster]:
     """A whole cluster (embedded redis-server, registry, one worker, gateway) with the model loaded."""
     cluster = LocalCluster(ClusterConfig(
         models=demo_store(), gateway_port=free_port(), workers=1,
         log_dir=Path(tempfile.mkdtemp(prefix="caravan-bench-logs-")),
-        worker_env={"CARAVAN_ENGINE": engine, "CARAVAN_N_THREADS": str(threads), "CARAVAN_LOG_LEVEL": "WARNING"},
+        worker_env={"CARAVAN_ENGINE": engine, "CARAVAN_N_THREADS": str(threads), "CARAVAN_LOG_LEVEL": "WARNING",
+                    **(worker_env or {})},
         gateway_env={"OLLAMA_NUM_PARALLEL": str(parallel), "OLLAMA_CONTEXT_LENGTH": str(num_ctx),
                      "CARAVAN_LOG_LEVEL": "WARNING", **(env or {})},
     ))

@@ -155,6 +155,7 @@ class WorkerSettings(ServiceSettings):
     n_gpu_layers: int = 0
     main_gpu: int = 0
     engine: str = "batch"  # "batch": continuous batching (worker.engine.batch); "llama": one sequence; "fake"
+    slot_cache_mb: int = 256  # per loaded model: host RAM for slot histories' KV (worker.engine.batcher); 0 = off
     metrics_port: int = 0
     metrics_host: str = ""  # /metrics bind address; "" = this machine's address on the route to Redis
 

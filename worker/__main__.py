@@ -32,9 +32,13 @@ def engine_factory(settings: WorkerSettings, blobs: BlobCache) -> Callable[[Load
         from worker.engine.batch import BatchEngine
         from worker.engine.llama import LlamaEngine
 
-        kind = BatchEngine if settings.engine == "batch" else LlamaEngine
-        engine = kind(spec, await blobs.path(spec.blob), n_threads=settings.n_threads,
-                      n_gpu_layers=settings.n_gpu_layers)
+        path = await blobs.path(spec.blob)
+        engine: Engine
+        if settings.engine == "batch":
+            engine = BatchEngine(spec, path, n_threads=settings.n_threads, n_gpu_layers=settings.n_gpu_layers,
+                                 park_bytes=settings.slot_cache_mb << 20)
+        else:
+            engine = LlamaEngine(spec, path, n_threads=settings.n_threads, n_gpu_layers=settings.n_gpu_layers)
         await engine.load()
         return engine
 

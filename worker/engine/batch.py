@@ -37,11 +37,12 @@ class BatchEngine(Engine):
     """One GGUF, ``spec.parallel`` slots, continuous batching and prefix reuse."""
 
     def __init__(self, spec: LoadSpec, path: Path, *, n_threads: int = 0, n_gpu_layers: int = 0,
-                 reuse_prefix: bool = True) -> None:
+                 reuse_prefix: bool = True, park_bytes: int = 0) -> None:
         self.spec = spec
         self.path = path
         self.slots = max(1, spec.parallel)
         self.reuse_prefix = reuse_prefix
+        self.park_bytes = park_bytes  # host RAM for parked slot histories (worker.engine.batcher)
         self._n_threads = n_threads or spec.num_thread
         self._n_gpu_layers = n_gpu_layers
         self.info = TokenizerInfo(None)
@@ -72,7 +73,8 @@ class BatchEngine(Engine):
             raise CaravanError(f"llama.cpp could not create a context of {self.spec.num_ctx} × {self.slots}")
         self.info = tokenizer_info(self.model)
         self.batcher = Batcher(self.ctx, self.model.vocab, slots=self.slots, n_batch=self._n_batch,
-                               num_ctx=self.spec.num_ctx, reuse_prefix=self.reuse_prefix)
+                               num_ctx=self.spec.num_ctx, reuse_prefix=self.reuse_prefix,
+                               park_bytes=self.park_bytes)
         self.batcher.thread.start()
 
     @property

@@ -12,6 +12,12 @@ the request: the next request that shares a prefix with it cuts the KV back to t
 (``llama_memory_seq_rm``) and evaluates only the rest. ``llama_decode`` answering 1 (no KV room) sends the
 newest request in the batch back to the head of the queue; it is re-prefilled later from its prompt plus
 what it generated, keeping its sampler chain, so its output continues as if nothing happened.
+
+Parked states: when a slot is given to a request that does not continue its history, the history's KV is
+copied to host RAM first (``llama_state_seq_get_data``, up to ``park_bytes``, least recently used dropped).
+A later request that continues a parked history better than any free slot gets it copied back into its slot
+(``llama_state_seq_set_data``), so more conversations than slots keep their prefix: a copy of a 1,000-token
+history costs milliseconds, evaluating it again seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import functools
 import itertools
 import logging
@@ -36,6 +43,7 @@ from worker.engine.sampling import token_piece
 
 log = logging.getLogger(__name__)
 Item = Event | None  # None closes a request's stream
+PARK_MIN_TOKENS = 32  # shorter histories are cheaper to evaluate again than to keep
 
 
 @dataclass(eq=False)
@@ -78,6 +86,19 @@ class Slot:
         return self.req is not None and not self.pending
 
 
+@dataclass(eq=False)
+class Parked:
+    """A slot's history and its KV, copied to host RAM."""
+
+    tokens: list[int]
+    state: Any  # ctypes uint8 array
+    used: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return len(self.state)
+
+
 @dataclass(frozen=True)
 class Row:
     """What one slot puts into this step's batch."""
@@ -101,7 +122,7 @@ class Batcher:
     """Owns a llama context on its thread; requests come in through :meth:`submit`."""
 
     def __init__(self, ctx: Any, vocab: Any, *, slots: int, n_batch: int, num_ctx: int,
-                 reuse_prefix: bool = True) -> None:
+                 reuse_prefix: bool = True, park_bytes: int = 0) -> None:
         from llama_cpp import llama_cpp as C
 
         self.C = C
@@ -117,6 +138,9 @@ class Batcher:
         self._out: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Item], Item]]] = {}
         self.steps = 0
         self.prefilled = 0  # prompt tokens evaluated (a reused prefix is not)
+        self.park_bytes = park_bytes if reuse_prefix else 0
+        self.parked: list[Parked] = []
+        self.restored = 0  # parked histories copied back into a slot
         self.thread = threading.Thread(target=self.run, name="batch-engine", daemon=True)
 
     # -- asyncio side ------------------------------------------------------------------------------------
@@ -183,7 +207,9 @@ class Batcher:
             if not free:
                 return
             req = self.waiting.popleft()
-            self._assign(self._choose(free, req.target), req)
+            slot = self._choose(free, req.target)
+            self._unpark(slot, req.target)
+            self._assign(slot, req)
 
     def _choose(self, free: list[Slot], target: list[int]) -> Slot:
         """The free slot whose history ``target`` continues (the common prefix covers at least half of that
@@ -201,6 +227,8 @@ class Batcher:
     def _assign(self, slot: Slot, req: Request) -> None:
         target = req.target
         keep = min(common_prefix(slot.history, target), len(target) - 1) if self.reuse_prefix else 0
+        if len(slot.history) - keep >= PARK_MIN_TOKENS:
+            self._park(slot)
         if not self.C.llama_memory_seq_rm(self.mem, slot.seq_id, keep, -1):
             self.C.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
             keep = 0
@@ -209,6 +237,46 @@ class Batcher:
         if not req.started:
             req.started, req.stats.start = True, time.perf_counter()
         log.debug("admitted", extra={"seq": slot.seq_id, "cached": keep, "prefill": len(slot.pending)})
+
+    # -- parked states (host RAM) -------------------------------------------------------------------------
+    def _park(self, slot: Slot) -> None:
+        """Copy the slot's history and KV to host RAM (within ``park_bytes``; least recently used dropped)."""
+        if not self.park_bytes or len(slot.history) < PARK_MIN_TOKENS:
+            return
+        size = self.C.llama_state_seq_get_size(self.ctx, slot.seq_id)
+        if not size or size > self.park_bytes:
+            return
+        state = (ctypes.c_uint8 * size)()
+        if self.C.llama_state_seq_get_data(self.ctx, state, size, slot.seq_id) != size:
+            return
+        tokens = list(slot.history)  # histories this one extends are subsumed by it
+        self.parked = [p for p in self.parked if common_prefix(p.tokens, tokens) < len(p.tokens)]
+        self.parked.append(Parked(tokens, state, time.perf_counter()))
+        self.parked.sort(key=lambda p: p.used, reverse=True)
+        while sum(p.size for p in self.parked) > self.park_bytes:
+            self.parked.pop()
+        log.debug("parked", extra={"seq": slot.seq_id, "tokens": len(tokens), "bytes": size})
+
+    def _unpark(self, slot: Slot, target: list[int]) -> None:
+        """Copy back the parked history ``target`` continues furthest, when it beats what the slot holds."""
+        if not self.parked:
+            return
+        held = common_prefix(slot.history, target)
+        best = max(self.parked, key=lambda p: common_prefix(p.tokens, target))
+        shared = common_prefix(best.tokens, target)
+        if shared - held < PARK_MIN_TOKENS or 2 * shared < len(best.tokens):
+            return
+        if len(slot.history) - held >= PARK_MIN_TOKENS:
+            self._park(slot)  # what the slot holds may be wanted later too
+        self.parked.remove(best)
+        self.C.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+        if self.C.llama_state_seq_set_data(self.ctx, best.state, best.size, slot.seq_id) != best.size:
+            self.C.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+            slot.history = []
+            return
+        slot.history = best.tokens
+        self.restored += 1
+        log.debug("unparked", extra={"seq": slot.seq_id, "tokens": len(best.tokens)})
 
     # -- one decode ----------------------------------------------------------------------------------------
     def _plan(self) -> list[Row]:

@@ -20,13 +20,18 @@ PROMPTS = ["Why is the sky blue?", "Write a haiku about the sea.", "What is 2+2?
 GREEDY = {"temperature": 0, "num_predict": 24}
 
 
-def make_engine(parallel: int, reuse_prefix: bool = True) -> BatchEngine:
+def make_engine(parallel: int, reuse_prefix: bool = True, park_bytes: int = 0) -> BatchEngine:
+    """A loaded engine (call outside an event loop; ``new_engine`` inside one)."""
+    engine = new_engine(parallel, reuse_prefix, park_bytes)
+    asyncio.run(engine.load())
+    return engine
+
+
+def new_engine(parallel: int, reuse_prefix: bool = True, park_bytes: int = 0) -> BatchEngine:
     from registry.demo import demo_gguf
 
     spec = LoadSpec(model="smollm2", blob="demo", num_ctx=1024, parallel=parallel)
-    engine = BatchEngine(spec, demo_gguf(), n_threads=2, reuse_prefix=reuse_prefix)
-    asyncio.run(engine.load())
-    return engine
+    return BatchEngine(spec, demo_gguf(), n_threads=2, reuse_prefix=reuse_prefix, park_bytes=park_bytes)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +114,37 @@ async def test_prefix_reuse_evaluates_only_new_tokens(engine: BatchEngine) -> No
     prompt2 = engine.tokens(second)
     assert final2.stats is not None and final2.stats["prompt_eval_count"] == len(prompt2)
     assert evaluated <= len(prompt2) - len(engine.tokens(first)), "the first turn's prompt was evaluated again"
+
+
+async def two_conversations(park_mb: int) -> tuple[str, int, int, Batcher]:
+    """One slot; conversation 1, then conversation 2 (which takes the slot), then conversation 1's next turn.
+    Returns that turn's text, the prompt tokens it evaluated, the tokens new since turn 1, and the batcher."""
+    engine = new_engine(1, park_bytes=park_mb << 20)
+    await engine.load()
+    assert engine.batcher is not None
+    try:
+        first = [{"role": "user", "content": "Here is some context about rivers and lakes. " * 12 + "Summarise it."}]
+        reply, _ = await run(engine, job("", op="chat", messages=first))
+        await run(engine, job("", op="chat", messages=[{"role": "user", "content": "Name three fruits."}]))
+        turn2 = job("", op="chat", messages=[*first, {"role": "assistant", "content": reply},
+                                              {"role": "user", "content": "Shorter, please."}])
+        parked, before = len(engine.batcher.parked), engine.batcher.prefilled
+        text, _ = await run(engine, turn2)
+        new_tokens = len(engine.tokens(turn2)) - len(engine.tokens(job("", op="chat", messages=first)))
+        assert parked == (1 if park_mb else 0), "conversation 1's KV went to host RAM while 2 ran"
+        return text, engine.batcher.prefilled - before, new_tokens, engine.batcher
+    finally:
+        await engine.close()
+
+
+async def test_parked_history_comes_back_for_its_next_turn() -> None:
+    """More conversations than slots: the next turn evaluates only its new tokens, with the same greedy output
+    as when it is evaluated from scratch (no host RAM for parked states)."""
+    text, evaluated, new_tokens, batcher = await two_conversations(64)
+    assert batcher.restored == 1 and evaluated <= new_tokens, "turn 1 was evaluated again"
+    fresh_text, fresh_evaluated, _, fresh_batcher = await two_conversations(0)
+    assert fresh_batcher.restored == 0 and fresh_evaluated > new_tokens
+    assert text == fresh_text
 
 
 async def test_request_preempted_when_kv_is_full_still_completes_unchanged(fresh: BatchEngine) -> None:
