@@ -140,8 +140,13 @@ class Scheduler:
 
     async def _refresh_snapshot(self) -> None:
         with contextlib.suppress(RedisError, OSError):  # a background refresh must not fail loudly
-            self._snapshot = [w for w in await self.workers() if not w.draining and await self.connected(w.id)]
-            self._snapshot_at = time.monotonic()
+            await self._serving_now()
+
+    async def _serving_now(self) -> list[WorkerState]:
+        """Live, connected, non-draining workers, read afresh (and kept as the snapshot)."""
+        self._snapshot = [w for w in await self.workers() if not w.draining and await self.connected(w.id)]
+        self._snapshot_at = time.monotonic()
+        return self._snapshot
 
     def forget_snapshot(self) -> None:
         """The cluster changed (a load was asked, a worker was lost): the next request reads it afresh."""
@@ -150,8 +155,7 @@ class Scheduler:
     # -- placement ------------------------------------------------------------------------------------
     async def ensure_placed(self, spec: LoadSpec, depth: int | None = None) -> None:
         """Make sure enough live workers hold or are loading ``spec`` (``depth``: its queue's, when known)."""
-        workers = [w for w in await self.workers() if not w.draining and await self.connected(w.id)]
-        self._snapshot, self._snapshot_at = workers, time.monotonic()
+        workers = await self._serving_now()
         holders = [w for w in workers if w.holds(spec.key)]
         if holders and not await self._wants_replica(spec, holders, len(workers), depth):
             return
