@@ -191,11 +191,15 @@ def prometheus(cluster: LocalCluster, gateway: str, served: httpx.Response, tmp_
 
 
 def query(base: str, expr: str) -> list[dict[str, Any]] | None:
-    """An instant query's result list; None while Prometheus is not answering yet."""
+    """An instant query's result list; None while Prometheus is not answering yet (no connection, or its
+    503 "Service Unavailable" while the TSDB starts)."""
     try:
-        body = httpx.get(f"{base}/api/v1/query", params={"query": expr}, timeout=5).json()
+        response = httpx.get(f"{base}/api/v1/query", params={"query": expr}, timeout=5)
     except httpx.HTTPError:
         return None
+    if response.status_code == 503:
+        return None
+    body = response.json()
     assert body["status"] == "success", (expr, body)
     result: list[dict[str, Any]] = body["data"]["result"]
     return result
