@@ -32,18 +32,32 @@ from caravan.queue import InferenceJob
 ACTIVE_HORIZON = 900.0  # a user with no enqueue for this long drops out of the rotation
 _SAFE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
+# The active users of a spec whose streams hold requests: {user, length, …}, their streams, the total.
+_WAITING_USERS = """
+local function waiting_users(users_key, now, horizon, prefix)
+  local users = redis.call('ZRANGEBYSCORE', users_key, tonumber(now) - tonumber(horizon), '+inf')
+  local waiting, streams, depth = {}, {}, 0
+  for _, user in ipairs(users) do
+    local n = redis.call('XLEN', prefix .. user)
+    if n > 0 then
+      table.insert(waiting, user); table.insert(waiting, n); table.insert(streams, prefix .. user)
+      depth = depth + n
+    end
+  end
+  return waiting, streams, depth
+end
+"""
+
 # KEYS: users zset, weights hash, the user's stream, doorbell
-# ARGV: now, horizon, user, weight, job id, job json, max depth (0: none), user-stream prefix, group
-_SUBMIT = """
-local users = redis.call('ZRANGEBYSCORE', KEYS[1], tonumber(ARGV[1]) - tonumber(ARGV[2]), '+inf')
-local depth = 0
-for _, user in ipairs(users) do depth = depth + redis.call('XLEN', ARGV[8] .. user) end
-local limit = tonumber(ARGV[7])
+# ARGV: now, horizon, user, weight, max depth (0: none), user-stream prefix, group, then the entry's fields
+_SUBMIT = _WAITING_USERS + """
+local _, _, depth = waiting_users(KEYS[1], ARGV[1], ARGV[2], ARGV[6])
+local limit = tonumber(ARGV[5])
 if limit > 0 and depth >= limit then return -1 end
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-redis.pcall('XGROUP', 'CREATE', KEYS[3], ARGV[9], '0', 'MKSTREAM')
-redis.call('XADD', KEYS[3], '*', 'id', ARGV[5], 'job', ARGV[6])
+redis.pcall('XGROUP', 'CREATE', KEYS[3], ARGV[7], '0', 'MKSTREAM')
+redis.call('XADD', KEYS[3], '*', unpack(ARGV, 8))
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', '64', '*', 'u', ARGV[3])
 return depth + 1
 """
@@ -88,17 +102,10 @@ _CLAIM = _CLAIM_STREAMS + "return claim(KEYS)"
 
 # KEYS: users zset, weights hash, the worker's private stream. ARGV: as _CLAIM, then now, horizon, user-stream
 # prefix, free slots → {private length, {user, length, …}, {user, weight, …}, claimed (as _CLAIM) or nil}
-_TAKE = _CLAIM_STREAMS + """
-local users = redis.call('ZRANGEBYSCORE', KEYS[1], tonumber(ARGV[8]) - tonumber(ARGV[9]), '+inf')
+_TAKE = _CLAIM_STREAMS + _WAITING_USERS + """
+local waiting, streams = waiting_users(KEYS[1], ARGV[8], ARGV[9], ARGV[10])
 local private = redis.call('XLEN', KEYS[3])
-local waiting, streams = {}, {}
-if private > 0 then table.insert(streams, KEYS[3]) end
-for _, user in ipairs(users) do
-  local n = redis.call('XLEN', ARGV[10] .. user)
-  if n > 0 then
-    table.insert(waiting, user); table.insert(waiting, n); table.insert(streams, ARGV[10] .. user)
-  end
-end
+if private > 0 then table.insert(streams, 1, KEYS[3]) end
 local weights = redis.call('HGETALL', KEYS[2])
 if #streams > tonumber(ARGV[11]) then return {private, waiting, weights, false} end
 return {private, waiting, weights, claim(streams)}
@@ -106,13 +113,8 @@ return {private, waiting, weights, claim(streams)}
 
 # KEYS: users zset, weights hash, the worker's private stream
 # ARGV: now, horizon, user-stream prefix → {private length, {user, length, ...}, {user, weight, ...}}
-_PENDING = """
-local users = redis.call('ZRANGEBYSCORE', KEYS[1], tonumber(ARGV[1]) - tonumber(ARGV[2]), '+inf')
-local waiting = {}
-for _, user in ipairs(users) do
-  local n = redis.call('XLEN', ARGV[3] .. user)
-  if n > 0 then table.insert(waiting, user); table.insert(waiting, n) end
-end
+_PENDING = _WAITING_USERS + """
+local waiting = waiting_users(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 return {redis.call('XLEN', KEYS[3]), waiting, redis.call('HGETALL', KEYS[2])}
 """
 
@@ -131,8 +133,8 @@ async def enqueue(redis: Redis, job: InferenceJob, max_depth: int = 0) -> int | 
     spec, user = job.spec.key, safe_user(job.user)
     depth = await redis.register_script(_SUBMIT)(
         keys=[keys.queue_users(spec), keys.queue_weights(spec), keys.user_queue(spec, user), keys.bell(spec)],
-        args=[time.time(), ACTIVE_HORIZON, user, 1 + max(0, job.priority), job.id, job.model_dump_json(),
-              max_depth, keys.user_queue(spec, ""), keys.GROUP],
+        args=[time.time(), ACTIVE_HORIZON, user, 1 + max(0, job.priority), max_depth, keys.user_queue(spec, ""),
+              keys.GROUP, *(part for item in job.encode().items() for part in item)],
     )
     return None if int(depth) < 0 else int(depth)
 
