@@ -227,8 +227,7 @@ class Batcher:
     def _assign(self, slot: Slot, req: Request) -> None:
         target = req.target
         keep = min(common_prefix(slot.history, target), len(target) - 1) if self.reuse_prefix else 0
-        if len(slot.history) - keep >= PARK_MIN_TOKENS:
-            self._park(slot)
+        self._park(slot, keep)
         if not self.C.llama_memory_seq_rm(self.mem, slot.seq_id, keep, -1):
             self.C.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
             keep = 0
@@ -239,9 +238,10 @@ class Batcher:
         log.debug("admitted", extra={"seq": slot.seq_id, "cached": keep, "prefill": len(slot.pending)})
 
     # -- parked states (host RAM) -------------------------------------------------------------------------
-    def _park(self, slot: Slot) -> None:
-        """Copy the slot's history and KV to host RAM (within ``park_bytes``; least recently used dropped)."""
-        if not self.park_bytes or len(slot.history) < PARK_MIN_TOKENS:
+    def _park(self, slot: Slot, kept: int) -> None:
+        """Before the slot keeps only ``kept`` tokens of its history: copy the history and its KV to host RAM
+        when that loses enough of it (within ``park_bytes``; least recently used dropped)."""
+        if not self.park_bytes or len(slot.history) - kept < PARK_MIN_TOKENS:
             return
         size = self.C.llama_state_seq_get_size(self.ctx, slot.seq_id)
         if not size or size > self.park_bytes:
@@ -266,8 +266,7 @@ class Batcher:
         shared = common_prefix(best.tokens, target)
         if shared - held < PARK_MIN_TOKENS or 2 * shared < len(best.tokens):
             return
-        if len(slot.history) - held >= PARK_MIN_TOKENS:
-            self._park(slot)  # what the slot holds may be wanted later too
+        self._park(slot, held)  # what the slot holds may be wanted later too
         self.parked.remove(best)
         self.C.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
         if self.C.llama_state_seq_set_data(self.ctx, best.state, best.size, slot.seq_id) != best.size:
