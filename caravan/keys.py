@@ -12,6 +12,9 @@
     caravan:qweight:{spec}    hash     user → scheduling weight (1 + key priority)
     caravan:bell:{spec}       stream   rung after every enqueue; idle workers block on it
     caravan:q:{spec}:w:{wrk}  stream   one worker's private queue of a spec (session affinity)
+    caravan:idle:{spec}       zset     workers blocked waiting for a spec with a free slot → when they said so
+    caravan:idlestart:{spec}  hash     idle worker → the ``start`` event a hand-off writes; #worker → free slots
+    caravan:inbox:{spec}:{w}  stream   requests handed straight to an idle worker by the enqueue script
     caravan:aff:{conv}        string   worker that served a conversation prefix (EX 900)
     caravan:loaderr:{spec}    string   last load failure of a spec (EX 30), so waiting requests fail fast
     arq:ctl:{worker}          arq      load/unload control jobs for one worker
@@ -70,6 +73,21 @@ def queue_weights(spec_key: str) -> str:
 def bell(spec_key: str) -> str:
     """Doorbell stream of a spec: one tiny entry per enqueue."""
     return f"{PREFIX}:bell:{spec_key}"
+
+
+def idle(spec_key: str) -> str:
+    """Workers waiting for a spec with a free slot, scored by when they said so (direct hand-off)."""
+    return f"{PREFIX}:idle:{spec_key}"
+
+
+def idle_start(spec_key: str) -> str:
+    """Idle worker → the ``start`` event a hand-off to it writes; ``#worker`` → hand-offs it can still take."""
+    return f"{PREFIX}:idlestart:{spec_key}"
+
+
+def inbox(spec_key: str, worker_id: str) -> str:
+    """Requests handed straight to one idle worker (already started; read by id, not by a group)."""
+    return f"{PREFIX}:inbox:{spec_key}:{worker_id}"
 
 
 def affinity(conversation: str) -> str:

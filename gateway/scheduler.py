@@ -15,7 +15,8 @@ Liveness: a worker's Redis connections are named ``caravan-worker:{id}``; when t
 them at once, so ``alive`` notices a kill -9 within one read round, long before the heartbeat TTL.
 
 The request path is latency-bound, so a request whose spec a live worker holds costs one round trip to Redis
-(``fairqueue.enqueue``: depth check + enqueue + doorbell in one script): whether the spec is held is read from a
+(``fairqueue.enqueue``: hand-off to a waiting worker, or depth check + enqueue + doorbell, in one script):
+whether the spec is held is read from a
 snapshot of the cluster (heartbeats + connections) at most ``SNAPSHOT_FRESH`` seconds old, refreshed in the
 background up to ``SNAPSHOT_MAX``. A snapshot that is wrong (the holder died or unloaded since) costs one
 reader round: the reply reader re-places a request that no worker started (``gateway.streaming``). Placement
@@ -222,22 +223,20 @@ class Scheduler:
             return False
         if model.in_flight + await self.redis.xlen(keys.worker_queue(job.spec.key, worker_id)) >= model.slots:
             return False
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xgroup_create(keys.worker_queue(job.spec.key, worker_id), keys.GROUP, id="0", mkstream=True)
-            pipe.xadd(keys.worker_queue(job.spec.key, worker_id), job.encode())
-            pipe.xadd(keys.bell(job.spec.key), {"w": worker_id}, maxlen=64, approximate=True)
-            await pipe.execute(raise_on_error=False)
+        await fairqueue.enqueue(self.redis, job, prefer=worker_id)  # handed over if it waits, else queued for it
         return True
 
     async def remember(self, conversation: str, worker_id: str) -> None:
         """The worker that served a conversation (its next turn's preferred worker)."""
         await self.redis.set(keys.affinity(conversation), worker_id, ex=AFFINITY_TTL)
 
-    async def resubmit(self, job: InferenceJob) -> None:
-        """Put a job that lost its worker before streaming anything back on the shared queue."""
+    async def resubmit(self, job: InferenceJob, lost: str) -> None:
+        """Put a job that lost its worker before streaming anything back on the shared queue (never handed to
+        that worker again)."""
         job.attempt += 1
         if job.attempt >= self.settings.max_attempts:
             raise CaravanError(f"the request failed on {job.attempt} workers that stopped while serving it")
+        await fairqueue.forget(self.redis, job.spec.key, lost)
         await self.ensure_placed(job.spec)
         await fairqueue.enqueue(self.redis, job)
 

@@ -101,12 +101,12 @@ class ReplyReader:
         await self.scheduler.ensure_placed(self.job.spec)
 
     async def _worker_lost(self) -> None:
-        lost, self.worker = self.worker, None
+        lost, self.worker = self.worker or "", None
         self.scheduler.forget_snapshot()
         if self.delivered:
             raise CaravanError(f"worker {lost} stopped while generating the response")
         log.warning("worker lost before streaming; retrying elsewhere", extra={"worker": lost})
-        await self.scheduler.resubmit(self.job)
+        await self.scheduler.resubmit(self.job, lost)
 
     async def close(self) -> None:
         """Cancel unfinished work and drop the reply stream (shielded: runs on client disconnect too)."""

@@ -2,6 +2,7 @@
 
     arq:ctl:{id} ── load_model/unload_model ──▶ Worker.load / Worker.unload
     caravan:q:{spec}:… ── fairqueue.take (read, ack, write "start": one script) ──▶ engine.stream ──▶ XADD reply
+    idle: block on the doorbell + inbox (fairqueue.Mailbox); the enqueue script hands requests over, started
     caravan:cancel (pub/sub) + caravan:c:{id} ──▶ per-request threading.Event checked between tokens
     every 2 s: SET caravan:w:{id} (EX 10) + ZADD caravan:workers; expire idle models past keep_alive
 """
@@ -23,7 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from caravan import __version__, fairqueue, keys
 from caravan.errors import CaravanError
-from caravan.fairqueue import StrideOrder
+from caravan.fairqueue import RENEW_EVERY, Mailbox, StrideOrder
 from caravan.logs import request_id
 from caravan.queue import (
     Event,
@@ -40,7 +41,6 @@ from worker.metrics import WorkerMetrics
 log = logging.getLogger(__name__)
 EngineFactory = Callable[[LoadSpec], Awaitable[Engine]]
 HEARTBEAT_EVERY = 2.0
-CLAIM_BLOCK_MS = 1000
 
 
 @dataclass
@@ -55,6 +55,8 @@ class Loaded:
     slot_free: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None  # the claim loop
     claiming: asyncio.Task[bool] | None = None  # its claim in progress (not cancelled with it)
+    mailbox: Mailbox | None = None  # where the claim loop waits when it has nothing to take
+    waiting: bool = False  # ... and is waiting there now
 
     @property
     def free(self) -> int:
@@ -171,6 +173,10 @@ class Worker:
         if model.claiming:  # requests it claimed are admitted (counted in flight) before this goes on
             with contextlib.suppress(Exception):
                 await model.claiming
+        if model.mailbox:  # ... and so are requests handed over while it stopped waiting
+            with contextlib.suppress(RedisError, OSError):
+                for job in await model.mailbox.close():
+                    self._admit(model, job)
         while model.in_flight:
             model.slot_free.clear()
             await model.slot_free.wait()
@@ -181,36 +187,43 @@ class Worker:
 
     # -- claiming ---------------------------------------------------------------------------------------
     async def _dispatch(self, model: Loaded) -> None:
-        """Claim requests for one loaded model: users in turn (stride order), then wait on the doorbell."""
+        """Claim requests for one loaded model: users in turn (stride order); with nothing to take, wait on the
+        doorbell and inbox (requests handed over there are this worker's already)."""
         spec = model.spec.key
         picker = StrideOrder()
-        bell = await self._bell_head(spec)
+        model.mailbox = mailbox = Mailbox(self.redis, spec, self.id)
+        await mailbox.open()
+        take, taken = True, 0.0
         while not self.draining:
             try:
                 if model.free == 0:
                     model.slot_free.clear()
                     await model.slot_free.wait()
+                    take = True
                     continue
-                model.claiming = asyncio.create_task(self._take(model, picker))
-                if not await asyncio.shield(model.claiming):  # unload waits for it: a claimed job is served
-                    bell = await self._wait_bell(spec, bell)
+                if take or time.monotonic() - taken > RENEW_EVERY:
+                    model.claiming = asyncio.create_task(self._take(model, picker))
+                    more = await asyncio.shield(model.claiming)  # unload waits for it: a claimed job is served
+                    taken, take = time.monotonic(), more
+                    if more or model.free == 0:
+                        continue
+                model.waiting = True
+                try:  # between takes, hand-offs need none: the word counts them down (and _release up)
+                    mail = await mailbox.wait()
+                finally:
+                    model.waiting = False
+                for job in mail.jobs:
+                    self._admit(model, job)
+                take = mail.rang
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
                 log.warning("claim failed, retrying", extra={"error": str(exc)})
+                take = True
                 await asyncio.sleep(0.5)
                 with contextlib.suppress(RedisError, OSError):
                     await self.redis.xgroup_create(keys.worker_queue(spec, self.id), keys.GROUP, id="0",
                                                    mkstream=True)
-
-    async def _bell_head(self, spec: str) -> bytes | str:
-        newest = await self.redis.xrevrange(keys.bell(spec), count=1)
-        return newest[0][0] if newest else "0-0"
-
-    async def _wait_bell(self, spec: str, last: bytes | str) -> bytes | str:
-        """Block until something is enqueued for ``spec`` after ``last`` (or a second passes)."""
-        reply = await self.redis.xread({keys.bell(spec): last}, block=CLAIM_BLOCK_MS)
-        return reply[0][1][-1][0] if reply else last
 
     async def _take(self, model: Loaded, picker: StrideOrder) -> bool:
         """Claim up to ``free`` requests: this worker's private queue first, then users in stride order.
@@ -264,7 +277,8 @@ class Worker:
 
     async def _relay(self, reply: str, events: AsyncIterator[Event]) -> None:
         """The engine's events to the reply stream. Events that arrive while a write is in flight go out
-        together in the next write (one round trip), so a slow Redis never makes the stream lag."""
+        together in the next write (one round trip), so a slow Redis never makes the stream lag. The stream's
+        TTL, set when the request was claimed, is renewed once it is half gone (a write is one XADD)."""
         ready: asyncio.Queue[Event | None] = asyncio.Queue()
 
         async def pump() -> None:
@@ -275,13 +289,17 @@ class Worker:
                 ready.put_nowait(None)
 
         task = asyncio.create_task(pump())
+        renew_at = time.monotonic() + keys.REPLY_TTL / 2
         try:
             while True:
                 batch = [await ready.get()]
                 while not ready.empty():
                     batch.append(ready.get_nowait())
                 if out := [event for event in batch if event is not None]:
-                    await self._emit(reply, *out)
+                    renew = time.monotonic() > renew_at
+                    await self._emit(reply, *out, renew=renew)
+                    if renew:
+                        renew_at = time.monotonic() + keys.REPLY_TTL / 2
                 if batch[-1] is None:
                     break
         finally:
@@ -289,7 +307,10 @@ class Worker:
             await asyncio.gather(task, return_exceptions=True)
         task.result()  # an engine failure surfaces here
 
-    async def _emit(self, reply: str, *events: Event) -> None:
+    async def _emit(self, reply: str, *events: Event, renew: bool = True) -> None:
+        if len(events) == 1 and not renew:
+            await self.redis.xadd(reply, events[0].encode(), maxlen=4096, approximate=True)
+            return
         async with self.redis.pipeline(transaction=False) as pipe:
             for event in events:
                 pipe.xadd(reply, event.encode(), maxlen=4096, approximate=True)
@@ -306,6 +327,8 @@ class Worker:
                 return
             model.expires_at = None if math.isinf(model.keep_alive) else time.time() + model.keep_alive
         with contextlib.suppress(RedisError, OSError):
+            if model.waiting and model.mailbox:
+                await model.mailbox.recount(model.free)  # the next request is handed to it, not queued
             await self.publish_state()  # free slots are visible to placement and affinity at once
 
     # -- background loops ------------------------------------------------------------------------------

@@ -73,6 +73,30 @@ def test_kill_before_first_token_is_retried_elsewhere(pair: LocalCluster) -> Non
     assert response.headers["x-caravan-worker"] not in ("", first_worker)
 
 
+def test_a_request_handed_to_a_worker_that_just_died_is_served_elsewhere(demo_store: Path, tmp_path: Path) -> None:
+    """An idle worker's word that it waits (4 free slots) outlives a kill -9 by up to IDLE_FRESH seconds: the
+    request handed over in that window is served by the other worker, and never handed to the dead one again."""
+    cluster = make_cluster(demo_store, tmp_path, 2, OLLAMA_NUM_PARALLEL="4")
+    try:
+        body = {**COUNTING, "stream": False, "options": {"temperature": 0, "num_predict": 3}}
+        first = httpx.post(cluster.gateway_url + "/api/generate", json=body, timeout=120)
+        assert first.status_code == 200, first.text
+        dead = first.headers["x-caravan-worker"]
+        client = redis.Redis.from_url(cluster.redis_url)
+        idle = keys.idle("*")
+        wait_for(lambda: client.keys(idle) and client.zscore(client.keys(idle)[0], dead),
+                 what="the worker waiting for its next request")
+        worker_proc(cluster, dead).send_signal(signal.SIGKILL)
+        worker_proc(cluster, dead).wait(30)
+        response = httpx.post(cluster.gateway_url + "/api/generate", json=body, timeout=300)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-caravan-worker"] not in ("", dead)
+        inbox = client.keys(keys.inbox("*", dead))
+        assert inbox and client.xlen(inbox[0]) == 1, "the request was handed to the dead worker first, once"
+    finally:
+        cluster.stop()
+
+
 def test_sigterm_drains_in_flight_request(pair: LocalCluster) -> None:
     body = {**COUNTING, "options": {"temperature": 0, "num_predict": 40}}
     with httpx.stream("POST", pair.gateway_url + "/api/generate", json=body, timeout=120) as response:

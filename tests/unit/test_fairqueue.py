@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -144,4 +147,141 @@ async def test_take_claims_at_once_when_there_is_nothing_to_choose(redis_url: st
     assert claimed is not None and sorted(c.job.id[:3] for c in claimed) == ["a-0", "b-0"]
     assert await fairqueue.depth(redis, spec.key) == 1
     assert [await _replies(redis, c.job.id) for c in claimed] == [[{b"ev": b"started"}]] * 2
+    await redis.aclose()
+
+
+# -- hand-off to a waiting worker ------------------------------------------------------------------------------
+async def _replies_now(redis: Redis, request_id: str) -> list[bytes]:
+    return [fields[b"ev"] for fields in await _replies(redis, request_id)]
+
+
+async def test_a_waiting_worker_is_handed_the_request_already_started(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    spec = _spec("handoff")
+    mailbox = fairqueue.Mailbox(redis, spec.key, "w1")
+    await mailbox.open()
+    waiting, claimed = await fairqueue.take(redis, spec.key, "w1", 2, START)
+    assert claimed == [] and not waiting.waiting, "nothing to take: w1 now waits with two free slots"
+    first, second, third = (_job(spec, "a", n) for n in range(3))
+    assert await fairqueue.enqueue(redis, first) == 0, "handed over, not queued"
+    assert await _replies_now(redis, first.id) == [b"started"], "the gateway learns who has it in the same step"
+    assert await fairqueue.enqueue(redis, second) == 0
+    assert await fairqueue.enqueue(redis, third) == 1, "as many hand-offs as free slots: the next one is queued"
+    assert await redis.xlen(keys.bell(spec.key)) == 1, "only the queued request rang the doorbell"
+    mail = await mailbox.wait(block_ms=100)
+    assert [job.id for job in mail.jobs] == [first.id, second.id] and mail.rang, "both, and the doorbell rang"
+    waiting, claimed = await fairqueue.take(redis, spec.key, "w1", 1, START)
+    assert claimed is not None and [c.job.id for c in claimed] == [third.id]
+    assert await fairqueue.enqueue(redis, _job(spec, "b", 0)) == 1, "w1 has no free slot left: it is not waiting"
+    await redis.aclose()
+
+
+async def test_a_hand_off_never_overtakes_a_queued_request(redis_url: str) -> None:
+    """A request that finds others queued waits its turn, even when a worker says it is idle (a stale word)."""
+    redis = Redis.from_url(redis_url)
+    spec = _spec("overtake")
+    assert await fairqueue.enqueue(redis, _job(spec, "a", 0)) == 1
+    await redis.zadd(keys.idle(spec.key), {"w1": time.time()})
+    await redis.hset(keys.idle_start(spec.key), "w1", "started")
+    assert await fairqueue.enqueue(redis, _job(spec, "b", 0)) == 2
+    assert await redis.xlen(keys.inbox(spec.key, "w1")) == 0
+    await redis.aclose()
+
+
+async def test_a_worker_that_stopped_renewing_its_word_gets_nothing(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    spec = _spec("stale")
+    await fairqueue.take(redis, spec.key, "gone", 1, START)
+    await redis.zadd(keys.idle(spec.key), {"gone": time.time() - fairqueue.IDLE_FRESH - 1})
+    assert await fairqueue.enqueue(redis, _job(spec, "a", 0)) == 1, "queued for whoever takes it"
+    _, claimed = await fairqueue.take(redis, spec.key, "w2", 2, START)
+    assert claimed is not None and len(claimed) == 1
+    assert await redis.zrange(keys.idle(spec.key), 0, -1) == [b"w2"], "the stale word was dropped"
+    await redis.aclose()
+
+
+async def test_affinity_hands_over_to_the_preferred_worker_only(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    spec = _spec("prefer")
+    for worker in ("w1", "w2"):
+        await fairqueue.take(redis, spec.key, worker, 1, START)
+    turn, later = _job(spec, "a", 0), _job(spec, "a", 1)
+    assert await fairqueue.enqueue(redis, turn, prefer="w2") == 0
+    assert await redis.xlen(keys.inbox(spec.key, "w2")) == 1 and await redis.xlen(keys.inbox(spec.key, "w1")) == 0
+    await fairqueue.enqueue(redis, later, prefer="w2")  # w2 is busy now: its private queue, not w1
+    assert await redis.xlen(keys.worker_queue(spec.key, "w2")) == 1
+    assert await redis.xlen(keys.inbox(spec.key, "w1")) == 0 and await _replies_now(redis, later.id) == []
+    await redis.aclose()
+
+
+async def test_closing_the_mailbox_returns_what_was_handed_over_since_the_last_wait(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    spec = _spec("close")
+    mailbox = fairqueue.Mailbox(redis, spec.key, "w1")
+    await mailbox.open()
+    await fairqueue.take(redis, spec.key, "w1", 1, START)
+    job = _job(spec, "a", 0)
+    assert await fairqueue.enqueue(redis, job) == 0
+    assert [j.id for j in await mailbox.close()] == [job.id], "handed over while nobody read: served on close"
+    assert await mailbox.close() == []
+    assert await fairqueue.enqueue(redis, _job(spec, "a", 1)) == 1, "closed: no more hand-offs"
+    await redis.aclose()
+
+
+async def _idle_worker(redis_url: str, tmp_path: Path, spec: LoadSpec, redis: Redis) -> Worker:
+    """A worker with ``spec`` loaded whose first take found nothing (so it waits, marked idle)."""
+    settings = WorkerSettings(worker_id="handoff-" + spec.key[-8:], redis_url=redis_url, cache_dir=tmp_path)
+
+    async def engine(loaded: LoadSpec) -> FakeEngine:
+        return FakeEngine(loaded)
+
+    worker = Worker(settings, redis, engine)
+    await worker.load(spec)
+    model = worker.loaded[spec.key]
+    # yield (no time passes) until the claim loop has started its first take
+    while model.claiming is None:  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    await model.claiming
+    return worker
+
+
+async def _events(redis: Redis, request_id: str) -> list[str]:
+    """The reply's event types up to ``done``."""
+    types: list[str] = []
+    last: bytes | str = "0-0"
+    while "done" not in types:
+        reply = await redis.xread({keys.reply(request_id): last}, block=5000)
+        assert reply, f"{request_id}: no event for 5 s after {types}"
+        for entry_id, fields in reply[0][1]:
+            last = entry_id
+            types.append(json.loads(fields[b"ev"])["t"])
+    return types
+
+
+async def test_a_worker_serves_a_request_handed_to_it(redis_url: str, tmp_path: Path) -> None:
+    redis = Redis.from_url(redis_url)
+    spec = _spec("serve-handoff")
+    worker = await _idle_worker(redis_url, tmp_path, spec, redis)
+    job = _job(spec, "a", 0)
+    assert await fairqueue.enqueue(redis, job) == 0
+    assert await _events(redis, job.id) == ["start"] + ["tok"] * 8 + ["done"]
+    await worker.drain()
+    await redis.aclose()
+
+
+async def test_unload_serves_requests_handed_over_after_the_worker_stopped_waiting(redis_url: str,
+                                                                                   tmp_path: Path) -> None:
+    redis = Redis.from_url(redis_url)
+    spec = _spec("unload-handoff")
+    worker = await _idle_worker(redis_url, tmp_path, spec, redis)
+    model = worker.loaded[spec.key]
+    assert model.task is not None
+    model.task.cancel()  # as unload does: the claim loop stops in the middle of its blocking read
+    await asyncio.gather(model.task, return_exceptions=True)
+    job = _job(spec, "a", 0)
+    assert await fairqueue.enqueue(redis, job) == 0, "its word still stood: handed over"
+    await worker.unload(spec.key)
+    assert await _events(redis, job.id) == ["start"] + ["tok"] * 8 + ["done"], "served, not lost"
+    assert await fairqueue.enqueue(redis, _job(spec, "a", 1)) == 1, "unloaded: nothing more is handed to it"
+    await worker.drain()
     await redis.aclose()
