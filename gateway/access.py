@@ -14,6 +14,7 @@ import logging
 import time
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from caravan.logs import request_id
@@ -28,6 +29,14 @@ def endpoint_of(scope: Scope) -> str:
     """The matched route's path template (bounded label values), or ``unmatched``."""
     route = scope.get("route")
     return str(getattr(route, "path", "") or "unmatched")
+
+
+class PlainRoute(Route):
+    """A Starlette route (no FastAPI layer) that names itself in the scope as FastAPI's routes do."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = self
+        await super().handle(scope, receive, send)
 
 
 class AccessMiddleware:

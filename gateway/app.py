@@ -60,6 +60,7 @@ def create_app(settings: GatewaySettings, metrics: GatewayMetrics | None = None)
     security.install(app, settings, app_metrics.registry)  # guard, Host guard, CORS; /api/keys, /api/usage
     app.add_middleware(AccessMiddleware, metrics=app_metrics)
     app.add_exception_handler(RedisError, _redis_down)
-    for module in (meta, models, inference, embed, openai, transfer, status, ps):
+    app.router.routes.extend(inference.routes)  # plain Starlette routes: the busiest path skips FastAPI's layer
+    for module in (meta, models, embed, openai, transfer, status, ps):
         app.include_router(module.router)
     return app

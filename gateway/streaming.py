@@ -8,6 +8,7 @@ sent, so early failures keep their HTTP status; later ones become a final ``{"er
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ import anyio
 from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from caravan import keys
 from caravan.errors import CaravanError, ClientClosed, from_wire
@@ -122,6 +124,46 @@ class ReplyReader:
                 log.warning("reply cleanup failed", extra={"error": str(exc)})
 
 
+class RelayResponse(StreamingResponse):
+    """A reply's chunks, sent from the request's own task; the first goes out right behind the headers.
+
+    Starlette's StreamingResponse runs the send and a disconnect listener in an anyio task group (~0.2 ms
+    before the first byte here); this watches for the client leaving with a plain task that cancels the send,
+    so the body's ``finally`` still cancels the job at once.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sender = asyncio.current_task()
+        assert sender is not None
+        left = False
+
+        async def watch() -> None:
+            nonlocal left
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            left = True
+            sender.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            sender.uncancel()
+        finally:
+            watcher.cancel()
+
+    async def stream_response(self, send: Send) -> None:
+        chunks = aiter(self.body_iterator)
+        first = await anext(chunks, b"")
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 Shaper = Callable[[Event], list[dict[str, Any]]]  # one event → zero or more response chunks
 OnDone = Callable[[str], Awaitable[None]]
 
@@ -152,7 +194,7 @@ async def shaped(reader: ReplyReader, first: Event, shape: Shaper, on_done: OnDo
 
 
 def ndjson_stream(reader: ReplyReader, first: Event, shape: Shaper, headers: dict[str, str],
-                  on_done: OnDone) -> StreamingResponse:
+                  on_done: OnDone) -> RelayResponse:
     """Stream shaped events as NDJSON; a failure mid-stream becomes a final error line."""
 
     async def body() -> AsyncIterator[bytes]:
@@ -164,11 +206,11 @@ def ndjson_stream(reader: ReplyReader, first: Event, shape: Shaper, headers: dic
         finally:
             await reader.close()
 
-    return StreamingResponse(body(), media_type="application/x-ndjson", headers=headers)
+    return RelayResponse(body(), media_type="application/x-ndjson", headers=headers)
 
 
 def sse_stream(reader: ReplyReader, first: Event, shape: Shaper, headers: dict[str, str],
-               on_done: OnDone) -> StreamingResponse:
+               on_done: OnDone) -> RelayResponse:
     """Stream shaped events as server-sent events ending with ``data: [DONE]``; a failure mid-stream becomes
     a final ``data: {"error": {...}}`` event in OpenAI's envelope (which the OpenAI SDKs raise)."""
     from caravan.wire.openai import error_envelope
@@ -183,7 +225,7 @@ def sse_stream(reader: ReplyReader, first: Event, shape: Shaper, headers: dict[s
         finally:
             await reader.close()
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+    return RelayResponse(body(), media_type="text/event-stream", headers=headers)
 
 
 async def collect(reader: ReplyReader, first: Event, shape: Shaper, on_done: OnDone) -> list[dict[str, Any]]:
