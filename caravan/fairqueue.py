@@ -21,9 +21,9 @@ entry is acknowledged and its ``start`` written in the same step that reads (or 
 dies never leaves a request pending nor one that the gateway does not know it took. A hand-off happens only
 when nobody is queued, so it never overtakes anyone; a worker says how many slots it has free and gets at
 most that many; one that stops renewing its word (every ``RENEW_EVERY`` s: dead or stuck) gets nothing
-handed after ``IDLE_FRESH`` seconds. One user's fifty queued
-requests cost another user's single request at most one turn per free slot. Order within one user's stream is
-kept (FIFO).
+handed after ``IDLE_FRESH`` seconds, and a gateway that finds it dead drops its word at once (:func:`forget`).
+One user's fifty queued requests cost another user's single request at most one turn per free slot. Order
+within one user's stream is kept (FIFO).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ Each service builds its settings once in ``main`` and passes them down.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,9 @@ class RegistrySettings(ServiceSettings):
 
 
 class WorkerSettings(ServiceSettings):
-    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # unique per process start: a container restarts as pid 1 on the same host name, and a request handed to or
+    # claimed by the process that died must not look served by its successor
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}")
     registry_url: str = "http://127.0.0.1:11435"
     models: Path | None = Field(None, validation_alias=_alias("CARAVAN_MODELS", "OLLAMA_MODELS"))
     cache_dir: Path = Field(default_factory=lambda: Path(os.path.expanduser("~/.cache/caravan/blobs")))
