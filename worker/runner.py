@@ -37,6 +37,7 @@ from caravan.queue import (
 from caravan.settings import WorkerSettings
 from worker.engine.base import Engine
 from worker.metrics import WorkerMetrics
+from worker.replies import ReplyWriter
 
 log = logging.getLogger(__name__)
 EngineFactory = Callable[[LoadSpec], Awaitable[Engine]]
@@ -83,6 +84,7 @@ class Worker:
         self.loaded: dict[str, Loaded] = {}
         self.loading: dict[str, asyncio.Task[Loaded]] = {}
         self.cancels: dict[str, threading.Event] = {}
+        self.replies = ReplyWriter(redis)
         self.draining = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -277,8 +279,9 @@ class Worker:
 
     async def _relay(self, reply: str, events: AsyncIterator[Event]) -> None:
         """The engine's events to the reply stream. Events that arrive while a write is in flight go out
-        together in the next write (one round trip), so a slow Redis never makes the stream lag. The stream's
-        TTL, set when the request was claimed, is renewed once it is half gone (a write is one XADD)."""
+        together in the next write, so a slow Redis never makes the stream lag; the writes of all requests in one
+        loop turn share a round trip (``ReplyWriter``). The stream's TTL, set when the request was claimed, is
+        renewed once it is half gone."""
         ready: asyncio.Queue[Event | None] = asyncio.Queue()
 
         async def pump() -> None:
@@ -308,14 +311,7 @@ class Worker:
         task.result()  # an engine failure surfaces here
 
     async def _emit(self, reply: str, *events: Event, renew: bool = True) -> None:
-        if len(events) == 1 and not renew:
-            await self.redis.xadd(reply, events[0].encode(), maxlen=4096, approximate=True)
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                pipe.xadd(reply, event.encode(), maxlen=4096, approximate=True)
-            pipe.expire(reply, keys.REPLY_TTL)
-            await pipe.execute()
+        await self.replies.write(reply, events, renew)
 
     async def _release(self, model: Loaded) -> None:
         model.in_flight -= 1
