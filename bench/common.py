@@ -11,6 +11,7 @@ SmolLM2-135M Q4_1), the same threads and the same context per sequence. Peers:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -25,6 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httptools
 import httpx
 
 from caravan.cluster import ClusterConfig, LocalCluster, free_port
@@ -121,10 +123,12 @@ def llama_server(*, parallel: int, threads: int, num_ctx: int) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def echo_server() -> Iterator[str]:
-    """``bench.echo_server``: the client floor (an HTTP server that does nothing); yields its base URL."""
+def echo_server(delay_ms: float = 0.0) -> Iterator[str]:
+    """``bench.echo_server``: the client floor (an HTTP server that does nothing but answer after ``delay_ms``);
+    yields its base URL."""
     port = free_port()
-    with _process([sys.executable, "-m", "bench.echo_server", str(port)], f"tcp://127.0.0.1:{port}") as url:
+    argv = [sys.executable, "-m", "bench.echo_server", str(port), str(delay_ms)]
+    with _process(argv, f"tcp://127.0.0.1:{port}") as url:
         yield url
 
 
@@ -171,7 +175,75 @@ def _process(argv: list[str], ready: str, timeout: float = 120.0) -> Iterator[st
 
 
 # -- streaming clients: each returns the client-side Timing of one greedy generation ---------------------------
-async def _lines(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> AsyncIterator[str]:
+class WireClient:
+    """One keep-alive HTTP/1.1 connection, one request at a time, that times the wire: the request is written in
+    one ``write``, the response parsed by httptools (uvicorn's C parser), lines handed over as they arrive.
+
+    The single-stream bench measures with it because httpx's own Python costs ≈ 1 ms per request on this CPU
+    (and CPU per token that a 2-core machine takes from llama.cpp), which no server can do anything about; an
+    efficient client (the Go ``ollama`` CLI) costs little. The client floor row shows what this one costs.
+    """
+
+    def __init__(self) -> None:
+        self._streams: dict[tuple[str, int], tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+
+    async def lines(self, url: str, body: dict[str, object]) -> AsyncIterator[str]:
+        target = httpx.URL(url)
+        address = (target.host, target.port or 80)
+        if address not in self._streams:
+            self._streams[address] = await asyncio.open_connection(*address)
+        reader, writer = self._streams[address]
+        data = json.dumps(body).encode()
+        writer.write(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (target.raw_path, address[0].encode(), address[1],
+                                                          len(data), data))
+        parser = _Response()
+        http = httptools.HttpResponseParser(parser)
+        pending = b""
+        while not parser.complete:
+            received = await reader.read(1 << 16)
+            if not received:
+                raise ConnectionError("the server closed the connection")
+            http.feed_data(received)
+            if http.get_status_code() >= 400 and parser.complete:
+                raise RuntimeError(f"HTTP {http.get_status_code()}: {b''.join(parser.body).decode()}")
+            pending += b"".join(parser.body)
+            parser.body.clear()
+            *done, pending = pending.split(b"\n")
+            for line in done:
+                if line.strip():
+                    yield line.decode()
+        if pending.strip():
+            yield pending.decode()
+
+    async def aclose(self) -> None:
+        for _, writer in self._streams.values():
+            writer.close()
+        self._streams.clear()
+
+
+class _Response:
+    """httptools callbacks: body pieces as they come, and the end of the message."""
+
+    def __init__(self) -> None:
+        self.body: list[bytes] = []
+        self.complete = False
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+Client = httpx.AsyncClient | WireClient
+
+
+async def _lines(client: Client, url: str, body: dict[str, object]) -> AsyncIterator[str]:
+    if isinstance(client, WireClient):
+        async for line in client.lines(url, body):
+            yield line
+        return
     async with client.stream("POST", url, json=body, timeout=900) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -179,7 +251,7 @@ async def _lines(client: httpx.AsyncClient, url: str, body: dict[str, object]) -
                 yield line
 
 
-async def caravan_generate(client: httpx.AsyncClient, base: str, prompt: str, num_predict: int) -> Timing:
+async def caravan_generate(client: Client, base: str, prompt: str, num_predict: int) -> Timing:
     """Ollama ``/api/generate`` streaming, raw prompt, greedy."""
     body = {"model": MODEL, "prompt": prompt, "raw": True, "stream": True,
             "options": {"temperature": 0, "num_predict": num_predict}}

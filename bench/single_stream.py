@@ -1,18 +1,20 @@
 """Single-stream decode tokens/s and time to first token: Caravan vs llama-cpp-python in-process.
 
 Caravan is a real cluster (embedded redis-server, registry, one batch-engine worker, gateway) driven over
-streaming ``/api/generate`` (raw prompt, greedy) with httpx; the peer is ``Llama.generate`` in this process
-on the same GGUF, threads and context. Both sides get the same prompt in each round, in a random order (a
-seeded coin), and a fresh prompt per round; both reuse only the common prefix with their previous prompt
-(llama-cpp-python's ``generate`` and Caravan's slots alike). TTFT is measured by the client: request sent →
-first text; decode rate is (tokens − 1) / (last − first token).
+streaming ``/api/generate`` (raw prompt, greedy) with ``bench.common.WireClient`` (one keep-alive connection,
+httptools' parser; httpx would add ≈ 1 ms of its own per request, shown in its own row); the peer is
+``Llama.generate`` in this process on the same GGUF, threads and context. Both sides get the same prompt in
+each round, in a random order (a seeded coin), and a fresh prompt per round; both reuse only the common
+prefix with their previous prompt (llama-cpp-python's ``generate`` and Caravan's slots alike). TTFT is
+measured by the client: request sent → first text; decode rate is (tokens − 1) / (last − first token).
 
 Added TTFT is reported two ways: the median over rounds of (Caravan − direct), which carries the run-to-run
 noise of two prefills (±15 ms on a shared 2-core VM), and the median of (Caravan's TTFT − the worker's own
 prefill-to-first-token time, ``prompt_eval_duration``), i.e. the time the request spent outside llama.cpp;
 the engine's own time is compared with direct llama-cpp-python's TTFT in its own row. The client floor is
-the same client's TTFT against ``bench.echo_server`` (an HTTP server that answers at once, doing nothing):
-what the client and loopback HTTP cost any server; Caravan's own share is the added TTFT minus that floor.
+the same client's TTFT against ``bench.echo_server`` (an HTTP server that does nothing but answer after the
+engine's median TTFT, less that wait): what the client and loopback HTTP cost any server whose answer comes
+that late; Caravan's own share is the added TTFT minus that floor.
 
     .venv/bin/python -m bench.single_stream [--rounds 8] [--tokens 128] [--ttft-rounds 30] [--threads 2]
 """
@@ -29,8 +31,10 @@ import httpx
 
 from bench.common import (
     NCPU,
+    Client,
     Row,
     Timing,
+    WireClient,
     caravan,
     caravan_generate,
     echo_server,
@@ -63,7 +67,8 @@ async def rounds(base: str, llm: Any, count: int, num_predict: int,
     """``count`` rounds; each runs one prompt on both sides, in a random order."""
     coin = random.Random(seed)
     ours, theirs = [], []
-    async with httpx.AsyncClient() as client:
+    client = WireClient()
+    try:
         await caravan_generate(client, base, story_prompt(99), 4)  # warm the connection and the slot
         direct_generate(llm, story_prompt(98), 4)
         for index in range(count):
@@ -74,14 +79,18 @@ async def rounds(base: str, llm: Any, count: int, num_predict: int,
             else:
                 theirs.append(direct_generate(llm, prompt, num_predict))
                 ours.append(await caravan_generate(client, base, prompt, num_predict))
+    finally:
+        await client.aclose()
     return ours, theirs
 
 
-async def client_floor(base: str, count: int) -> list[float]:
-    """TTFT (s) of the benchmark's client against a server that does nothing."""
-    async with httpx.AsyncClient() as client:
+async def client_floor(base: str, count: int, client: Client) -> list[float]:
+    """TTFT (s) of a client against a server that does nothing (but wait)."""
+    try:
         await caravan_generate(client, base, story_prompt(0), 4)
         return [(await caravan_generate(client, base, story_prompt(i), 4)).ttft for i in range(count)]
+    finally:
+        await client.aclose()
 
 
 def run(rounds_: int = 8, tokens: int = 128, threads: int = NCPU, num_ctx: int = 2048,
@@ -95,12 +104,14 @@ def run(rounds_: int = 8, tokens: int = 128, threads: int = NCPU, num_ctx: int =
             first, first_peer = asyncio.run(rounds(cluster.gateway_url, llm, ttft_rounds, 4, seed=2))
     finally:
         llm.close()
-    with echo_server() as url:
-        floor = median([t * 1000 for t in asyncio.run(client_floor(url, ttft_rounds))])
     rate, peer_rate = median([t.decode_rate for t in ours]), median([t.decode_rate for t in theirs])
     first, first_peer = first + ours, first_peer + theirs
     ttft, peer_ttft = median([t.ttft * 1000 for t in first]), median([t.ttft * 1000 for t in first_peer])
     engine = median([(t.engine_ttft or 0) * 1000 for t in first])
+    with echo_server(delay_ms=engine) as url:  # answers as late as the engine's first token came
+        floor = median([t * 1000 - engine for t in asyncio.run(client_floor(url, ttft_rounds, WireClient()))])
+        floor_httpx = median([t * 1000 - engine
+                              for t in asyncio.run(client_floor(url, ttft_rounds, httpx.AsyncClient()))])
     paired = median([(a.ttft - b.ttft) * 1000 for a, b in zip(first, first_peer, strict=True)])
     outside = median([(t.ttft - (t.engine_ttft or 0)) * 1000 for t in first])
     peer = "llama-cpp-python in-process"
@@ -114,7 +125,8 @@ def run(rounds_: int = 8, tokens: int = 128, threads: int = NCPU, num_ctx: int =
         Row("single stream", "added TTFT ms: Caravan TTFT − its engine's (median)", outside, None, "", None,
             "≤ 5 ms", outside <= 5),
         Row("single stream", "added TTFT ms: Caravan − direct, same prompt (median of pairs)", paired, None, peer),
-        Row("single stream", "client floor ms: same client, HTTP server doing nothing", floor),
+        Row("single stream", "client floor ms: same client, HTTP server doing nothing but wait", floor),
+        Row("single stream", "... the same floor with an httpx client (what it would add on top)", floor_httpx),
         Row("single stream", "added TTFT ms − client floor: the cluster's own share", outside - floor),
     ]
 
