@@ -84,6 +84,7 @@ if depth == 0 then
       redis.call('HDEL', KEYS[6], worker, '#' .. worker)
     end
     redis.call('XADD', ARGV[10] .. worker, 'MAXLEN', '~', '64', '*', unpack(ARGV, 15))
+    redis.call('EXPIRE', ARGV[10] .. worker, 86400)  -- a worker gone for a day leaves no inbox behind
     redis.call('XADD', ARGV[12], '*', ARGV[13], start)
     redis.call('EXPIRE', ARGV[12], ARGV[14])
     return 0

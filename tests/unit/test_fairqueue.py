@@ -165,6 +165,7 @@ async def test_a_waiting_worker_is_handed_the_request_already_started(redis_url:
     first, second, third = (_job(spec, "a", n) for n in range(3))
     assert await fairqueue.enqueue(redis, first) == 0, "handed over, not queued"
     assert await _replies_now(redis, first.id) == [b"started"], "the gateway learns who has it in the same step"
+    assert 0 < await redis.ttl(keys.inbox(spec.key, "w1")) <= 86400, "inboxes of workers long gone expire"
     assert await fairqueue.enqueue(redis, second) == 0
     assert await fairqueue.enqueue(redis, third) == 1, "as many hand-offs as free slots: the next one is queued"
     assert await redis.xlen(keys.bell(spec.key)) == 1, "only the queued request rang the doorbell"
