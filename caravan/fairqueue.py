@@ -288,8 +288,8 @@ async def take(redis: Redis, spec_key: str, consumer: str, free: int,
     head (``free`` slots or more); None when it must choose (stride order) and :func:`claim`. One round trip.
 
     ``start`` is the encoded ``start`` event written to each claimed request's reply stream. When nothing is
-    left waiting and a slot is still free, the worker is marked idle: the next request is handed to it
-    (:class:`Mailbox`) until its next take.
+    left waiting and slots are still free, the worker is marked idle: that many of the next requests are
+    handed to it (:class:`Mailbox`), until its next take says otherwise.
     """
     now = time.time()
     reply = await redis.register_script(_TAKE)(

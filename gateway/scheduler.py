@@ -16,11 +16,11 @@ them at once, so ``alive`` notices a kill -9 within one read round, long before 
 
 The request path is latency-bound, so a request whose spec a live worker holds costs one round trip to Redis
 (``fairqueue.enqueue``: hand-off to a waiting worker, or depth check + enqueue + doorbell, in one script):
-whether the spec is held is read from a
-snapshot of the cluster (heartbeats + connections) at most ``SNAPSHOT_FRESH`` seconds old, refreshed in the
-background up to ``SNAPSHOT_MAX``. A snapshot that is wrong (the holder died or unloaded since) costs one
-reader round: the reply reader re-places a request that no worker started (``gateway.streaming``). Placement
-decisions themselves (which worker loads what, replicas) always read the cluster afresh.
+whether the spec is held is read from a snapshot of the cluster (heartbeats + connections) at most
+``SNAPSHOT_FRESH`` seconds old, refreshed in the background up to ``SNAPSHOT_MAX``. A snapshot that is wrong
+(the holder died or unloaded since) costs one reader round: the reply reader re-places a request that no worker
+started (``gateway.streaming``). Placement decisions themselves (which worker loads what, replicas) always read
+the cluster afresh.
 """
 
 from __future__ import annotations
