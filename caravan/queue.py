@@ -9,6 +9,7 @@ two requests with different ``num_ctx`` go to different queues and may be served
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -37,14 +38,22 @@ class LoadSpec(BaseModel):
 
     @property
     def key(self) -> str:
-        """Stable id of the spec (weights + load options)."""
-        fields = self.model_dump(exclude={"model", "size", "context_length", "kv_bytes_per_token"})
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+        """Stable id of the spec (weights + load options); read several times per request, so memoised."""
+        return _spec_key(tuple(getattr(self, name) for name in _KEY_FIELDS))
 
     def estimate(self) -> int:
         """Memory this spec needs once loaded: weights + f16 KV cache for num_ctx × parallel + overhead."""
         kv = (self.kv_bytes_per_token or 64 * 1024) * self.num_ctx * max(1, self.parallel)
         return self.size + kv + LOAD_OVERHEAD
+
+
+_KEY_FIELDS = ("blob", "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "use_mmap", "parallel")
+
+
+@functools.lru_cache(maxsize=4096)
+def _spec_key(values: tuple[Any, ...]) -> str:
+    fields = dict(zip(_KEY_FIELDS, values, strict=True))
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def encode_keep_alive(seconds: float) -> float:

@@ -112,6 +112,10 @@ def test_spec_key_depends_on_load_options_only() -> None:
     b = LoadSpec(model="b", blob="sha256:" + "1" * 64, num_ctx=2048)
     c = LoadSpec(model="a", blob="sha256:" + "1" * 64, num_ctx=4096)
     assert a.key == b.key != c.key
+    assert a.model_copy(update={"num_ctx": 4096}).key == c.key, "memoised by value, never by object"
+    assert LoadSpec(model="a", blob="sha256:" + "1" * 64, num_ctx=2048, size=9, kv_bytes_per_token=5).key == a.key
+    # the id names Redis queues: it stays what it was before memoising (sha256 of the sorted load options)
+    assert a.key == "58b0cbbd9c6ed030", a.key
 
 
 def test_job_round_trip() -> None:
