@@ -64,8 +64,10 @@ end
 
 # KEYS: users zset, weights hash, the user's stream, doorbell, idle workers zset, their start events hash
 # ARGV: now, horizon, user, weight, max depth (0: none), user-stream prefix, group, idle since, preferred worker
-# ('': any), inbox prefix, private-queue prefix, reply stream, start field, reply TTL, then the entry's fields
-# → the depth with the request (0: handed to a waiting worker), or -1: the queue is full
+# ('': any), inbox prefix, private-queue prefix ('': the preferred worker or nothing), reply stream, start field,
+# reply TTL, then the entry's fields
+# → the depth with the request (0: handed to a waiting worker), -1: the queue is full, -2: the preferred
+# worker does not wait and its private queue was not wanted
 _SUBMIT = _WAITING_USERS + """
 local _, _, depth = waiting_users(KEYS[1], ARGV[1], ARGV[2], ARGV[6])
 local prefer = ARGV[9]
@@ -91,6 +93,7 @@ if depth == 0 then
   end
 end
 if prefer ~= '' then
+  if ARGV[11] == '' then return -2 end
   local private = ARGV[11] .. prefer
   redis.pcall('XGROUP', 'CREATE', private, ARGV[7], '0', 'MKSTREAM')
   redis.call('XADD', private, '*', unpack(ARGV, 15))
@@ -211,20 +214,23 @@ def safe_user(user: str) -> str:
     return user if _SAFE.match(user) else "x" + user.encode().hex()[:120]
 
 
-async def enqueue(redis: Redis, job: InferenceJob, max_depth: int = 0, prefer: str | None = None) -> int | None:
+async def enqueue(redis: Redis, job: InferenceJob, max_depth: int = 0, prefer: str | None = None,
+                  private: bool = True) -> int | None:
     """Hand ``job`` to a worker waiting for its spec, else put it on its user's queue and ring the spec's
     doorbell: one round trip.
 
     With ``prefer`` (session affinity) only that worker is handed the job, else it goes to that worker's private
-    queue. Returns the spec's depth (waiting requests over every user) with the job, 0 when it was handed over,
-    or None, enqueueing nothing, when ``max_depth`` requests were already waiting (the shared queue only).
+    queue (when ``private``). Returns the spec's depth (waiting requests over every user) with the job, 0 when it
+    was handed over, or None, enqueueing nothing, when ``max_depth`` requests were already waiting (the shared
+    queue only) or the preferred worker does not wait and ``private`` is false.
     """
     spec, user, now = job.spec.key, safe_user(job.user), time.time()
     depth = await redis.register_script(_SUBMIT)(
         keys=[keys.queue_users(spec), keys.queue_weights(spec), keys.user_queue(spec, user), keys.bell(spec),
               keys.idle(spec), keys.idle_start(spec)],
         args=[now, ACTIVE_HORIZON, user, 1 + max(0, job.priority), max_depth, keys.user_queue(spec, ""),
-              keys.GROUP, now - IDLE_FRESH, prefer or "", keys.inbox(spec, ""), keys.worker_queue(spec, ""),
+              keys.GROUP, now - IDLE_FRESH, prefer or "", keys.inbox(spec, ""),
+              keys.worker_queue(spec, "") if private else "",
               keys.reply(job.id), START_FIELD, keys.REPLY_TTL,
               *(part for item in job.encode().items() for part in item)],
     )

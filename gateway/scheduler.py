@@ -221,10 +221,10 @@ class Scheduler:
         model = next((m for m in state.models if m.spec.key == job.spec.key), None) if state else None
         if model is None:
             return False
-        if model.in_flight + await self.redis.xlen(keys.worker_queue(job.spec.key, worker_id)) >= model.slots:
-            return False
-        await fairqueue.enqueue(self.redis, job, prefer=worker_id)  # handed over if it waits, else queued for it
-        return True
+        # handed over if it waits (decided in Redis, atomically); else its private queue if the snapshot, up to a
+        # second old, says it has room; else the shared queue (the caller's path)
+        room = model.in_flight + await self.redis.xlen(keys.worker_queue(job.spec.key, worker_id)) < model.slots
+        return await fairqueue.enqueue(self.redis, job, prefer=worker_id, private=room) is not None
 
     async def remember(self, conversation: str, worker_id: str) -> None:
         """The worker that served a conversation (its next turn's preferred worker)."""

@@ -209,6 +209,8 @@ async def test_affinity_hands_over_to_the_preferred_worker_only(redis_url: str) 
     turn, later = _job(spec, "a", 0), _job(spec, "a", 1)
     assert await fairqueue.enqueue(redis, turn, prefer="w2") == 0
     assert await redis.xlen(keys.inbox(spec.key, "w2")) == 1 and await redis.xlen(keys.inbox(spec.key, "w1")) == 0
+    assert await fairqueue.enqueue(redis, later, prefer="w2", private=False) is None, "w2 is busy: not taken"
+    assert await redis.xlen(keys.worker_queue(spec.key, "w2")) == 0 and await fairqueue.depth(redis, spec.key) == 0
     await fairqueue.enqueue(redis, later, prefer="w2")  # w2 is busy now: its private queue, not w1
     assert await redis.xlen(keys.worker_queue(spec.key, "w2")) == 1
     assert await redis.xlen(keys.inbox(spec.key, "w1")) == 0 and await _replies_now(redis, later.id) == []
