@@ -84,7 +84,7 @@ class Worker:
         self.loaded: dict[str, Loaded] = {}
         self.loading: dict[str, asyncio.Task[Loaded]] = {}
         self.cancels: dict[str, threading.Event] = {}
-        self.replies = ReplyWriter(redis)
+        self.replies = ReplyWriter(redis, settings.redis_url)
         self.draining = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -269,7 +269,8 @@ class Worker:
             if job.op == "embed":
                 await self._emit(reply, await model.engine.embed(job, cancel))
                 return
-            await self._relay(reply, self.metrics.observe(model.spec.model, model.engine.stream(job, cancel)))
+            events = model.engine.stream(job, cancel, first=self.replies.first_token(reply))
+            await self._relay(reply, self.metrics.observe(model.spec.model, events))
         except (RedisError, OSError) as exc:
             log.warning("reply stream failed", extra={"error": str(exc)})
             cancel.set()
@@ -370,3 +371,4 @@ class Worker:
         with contextlib.suppress(RedisError, OSError):
             await self.redis.delete(keys.worker(self.id))
             await self.redis.zrem(keys.WORKERS, self.id)
+        self.replies.close()

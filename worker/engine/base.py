@@ -1,7 +1,9 @@
 """The engine interface. One engine = one loaded model; it owns its llama.cpp context on one thread.
 
-``stream(job, cancel)`` yields :class:`caravan.queue.Event` objects: ``tok`` deltas, then one ``done``
-(or ``err``). ``cancel`` is a ``threading.Event`` the engine checks between tokens.
+``stream(job, cancel, first)`` yields :class:`caravan.queue.Event` objects: ``tok`` deltas, then one ``done``
+(or ``err``). ``cancel`` is a ``threading.Event`` the engine checks between tokens. ``first``, when given, may
+be called on the engine's own thread with the request's first ``tok`` event; when it returns True it delivered
+the event (to the reply stream) and the event is not yielded.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import abc
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from caravan.queue import Event, InferenceJob, LoadSpec
+
+FirstToken = Callable[[Event], bool]
 
 
 @dataclass
@@ -47,8 +51,9 @@ class Engine(abc.ABC):
     slots: int = 1
 
     @abc.abstractmethod
-    def stream(self, job: InferenceJob, cancel: threading.Event) -> AsyncIterator[Event]:
-        """Run ``job``; yield token events then a final ``done`` or ``err`` event."""
+    def stream(self, job: InferenceJob, cancel: threading.Event,
+               first: FirstToken | None = None) -> AsyncIterator[Event]:
+        """Run ``job``; yield token events then a final ``done`` or ``err`` event (see the module docstring)."""
 
     async def embed(self, job: InferenceJob, cancel: threading.Event) -> Event:
         """Run an ``embed`` job: one ``done`` event carrying the raw vectors (``embeddings``), or an ``err``."""

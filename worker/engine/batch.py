@@ -19,7 +19,7 @@ from typing import Any
 
 from caravan.errors import BadRequest, CaravanError
 from caravan.queue import Event, InferenceJob, LoadSpec
-from worker.engine.base import Engine
+from worker.engine.base import Engine, FirstToken
 from worker.engine.batcher import Batcher, Item, Request
 from worker.engine.embedding import Embedder
 from worker.engine.grammar import job_grammar
@@ -134,7 +134,8 @@ class BatchEngine(Engine):
             self._embedder = None
 
     # -- requests ------------------------------------------------------------------------------------------
-    async def stream(self, job: InferenceJob, cancel: threading.Event) -> AsyncIterator[Event]:
+    async def stream(self, job: InferenceJob, cancel: threading.Event,
+                     first: FirstToken | None = None) -> AsyncIterator[Event]:
         if self.batcher is None:
             raise CaravanError("the model is not loaded")
         queue: asyncio.Queue[Item] = asyncio.Queue()
@@ -144,6 +145,7 @@ class BatchEngine(Engine):
                 req = self.request(job, cancel, loop, queue)
             else:
                 req = await asyncio.to_thread(self.request, job, cancel, loop, queue)
+            req.first = first
         except CaravanError as exc:
             yield Event(t="err", status=exc.status, error=exc.message)
             return

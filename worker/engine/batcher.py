@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from caravan.queue import Event, InferenceJob
-from worker.engine.base import Stats
+from worker.engine.base import FirstToken, Stats
 from worker.engine.llama import _Output
 from worker.engine.logprobs import sampled_logprobs
 from worker.engine.sampling import token_piece
@@ -63,6 +63,7 @@ class Request:
     generated: list[int] = field(default_factory=list)
     admitted: int = 0
     started: bool = False
+    first: FirstToken | None = None  # delivers the first token from this thread (see worker.engine.base)
 
     @property
     def target(self) -> list[int]:
@@ -421,6 +422,10 @@ class Batcher:
         self.waiting.clear()
 
     def _emit(self, req: Request, item: Item) -> None:
+        if req.first is not None and item is not None and item.t == "tok":
+            first, req.first = req.first, None
+            if first(item):  # on its way to the client already: no hop to the event loop for it
+                return
         self._out.setdefault(req.loop, []).append((req.queue, item))
 
     def _flush(self) -> None:

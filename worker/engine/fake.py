@@ -7,7 +7,7 @@ import threading
 from collections.abc import AsyncIterator
 
 from caravan.queue import Event, InferenceJob, LoadSpec
-from worker.engine.base import Engine, Stats
+from worker.engine.base import Engine, FirstToken, Stats
 from worker.prompting import TokenizerInfo, build_prompt
 
 
@@ -19,7 +19,8 @@ class FakeEngine(Engine):
         self.delay = delay
         self.slots = max(1, spec.parallel)
 
-    async def stream(self, job: InferenceJob, cancel: threading.Event) -> AsyncIterator[Event]:
+    async def stream(self, job: InferenceJob, cancel: threading.Event,
+                     first: FirstToken | None = None) -> AsyncIterator[Event]:
         stats = Stats()
         prompt = build_prompt(job, TokenizerInfo(None))
         stats.prompt_tokens = len(prompt.split())

@@ -20,7 +20,7 @@ from typing import Any
 from caravan.errors import BadRequest, CaravanError
 from caravan.grammar import grammar_for
 from caravan.queue import Event, InferenceJob, LoadSpec
-from worker.engine.base import Engine, Stats
+from worker.engine.base import Engine, FirstToken, Stats
 from worker.engine.embedding import Embedder
 from worker.engine.grammar import check_grammar, job_grammar
 from worker.engine.logprobs import sampled_logprobs
@@ -103,7 +103,8 @@ class LlamaEngine(Engine):
             eos_token=vocab.token_get_text(vocab.token_eos()) if vocab.token_eos() >= 0 else "",
         )
 
-    async def stream(self, job: InferenceJob, cancel: threading.Event) -> AsyncIterator[Event]:
+    async def stream(self, job: InferenceJob, cancel: threading.Event,
+                     first: FirstToken | None = None) -> AsyncIterator[Event]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
 

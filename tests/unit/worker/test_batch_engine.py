@@ -200,6 +200,27 @@ async def test_cancel_while_queued_behind_busy_slots(fresh: BatchEngine) -> None
     assert all(final.done_reason == "cancelled" for final in finals)
 
 
+@pytest.mark.parametrize("delivered", [True, False])
+async def test_first_token_can_be_delivered_from_the_engine_thread(engine: BatchEngine, delivered: bool) -> None:
+    """``first`` gets the first token on the engine's thread; delivered there, the stream skips it."""
+    request = job("Count: one, two, three,", {**GREEDY, "num_predict": 6})
+    alone, _ = await run(engine, request)
+    seen: list[tuple[Event, str]] = []
+
+    def first(event: Event) -> bool:
+        seen.append((event, threading.current_thread().name))
+        return delivered
+
+    rest, events = [], []
+    async for event in engine.stream(request, threading.Event(), first=first):
+        events.append(event)
+        rest.append(event.text if event.t == "tok" else "")
+    assert len(seen) == 1 and seen[0][0].t == "tok" and seen[0][1] != threading.current_thread().name
+    text = "".join(rest)
+    assert (seen[0][0].text + text if delivered else text) == alone, "same tokens, each exactly once"
+    assert events[-1].t == "done" and events[-1].stats["eval_count"] == 6
+
+
 async def test_stop_strings_cut_the_text(engine: BatchEngine) -> None:
     base, _ = await run(engine, job("List three fruits."))
     stop = base[3:6]

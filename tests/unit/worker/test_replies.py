@@ -72,3 +72,20 @@ async def test_ttl_is_renewed_only_when_asked(redis_url: str, renew: bool) -> No
     ttl = await redis.ttl(key)
     assert (ttl > 5) if renew else (0 < ttl <= 5), ttl
     await redis.aclose()
+
+
+async def test_the_first_token_is_written_from_another_thread(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    writer = ReplyWriter(redis, redis_url)
+    key = keys.reply("replies-first")
+    await redis.delete(key)
+    write = writer.first_token(key)
+    assert write is not None
+    assert await asyncio.to_thread(write, _tokens(1)[0]), "written (an engine thread blocks for it)"
+    await writer.write(key, _tokens(1, 1), renew=False)
+    assert await _seqs(redis, key) == [0, 1]
+    writer.close()
+    down = ReplyWriter(redis, redis_url.rsplit(":", 1)[0] + ":1/0").first_token(key)
+    assert down is not None and not await asyncio.to_thread(down, _tokens(1)[0]), "refused: the relay writes it"
+    assert ReplyWriter(redis).first_token(key) is None, "no blocking connection without a URL"
+    await redis.aclose()
