@@ -7,7 +7,7 @@ lone event (one stream) is one plain ``XADD``.
 
 A request's first token is the exception: the engine thread writes it itself (:meth:`ReplyWriter.first_token`,
 a plain blocking ``XADD`` on a connection of its own), so the time to first token skips the hop to the event
-loop and the relay (≈ 0.3 ms here); the engine's next step waits for that one round trip.
+loop and the relay (≈ 0.2 ms here); the engine's next step waits for that one round trip.
 """
 
 from __future__ import annotations
