@@ -16,9 +16,14 @@ from gateway.registry_client import RegistryClient
 from gateway.scheduler import Scheduler
 
 
-async def _service(request: Request) -> InferenceService:
+def service_of(request: Request) -> InferenceService:
+    """The app's inference service (also for the plain Starlette routes, which take no dependencies)."""
     service: InferenceService = request.app.state.service
     return service
+
+
+async def _service(request: Request) -> InferenceService:
+    return service_of(request)
 
 
 async def _registry(request: Request) -> RegistryClient:

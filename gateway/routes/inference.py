@@ -14,17 +14,12 @@ from starlette.responses import JSONResponse, Response
 from caravan.asgi import parse_body
 from caravan.wire.ollama import ChatRequest, ChatResponse, GenerateRequest, GenerateResponse, dump
 from gateway.access import PlainRoute
-from gateway.inference import InferenceService
+from gateway.deps import service_of
 from gateway.shaping import chat_shaper, generate_shaper
 
 
-def _service(request: Request) -> InferenceService:
-    service: InferenceService = request.app.state.service
-    return service
-
-
 async def generate(request: Request) -> Response:
-    service = _service(request)
+    service = service_of(request)
     body = parse_body(await request.body(), GenerateRequest)
     prepared = await service.prepare_generate(body, request.headers.get("x-request-id"))
     if prepared.job.op == "load" and prepared.keep_alive == 0:
@@ -34,7 +29,7 @@ async def generate(request: Request) -> Response:
 
 
 async def chat(request: Request) -> Response:
-    service = _service(request)
+    service = service_of(request)
     body = parse_body(await request.body(), ChatRequest)
     prepared = await service.prepare_chat(body, request.headers.get("x-request-id"))
     if prepared.job.op == "load" and prepared.keep_alive == 0:
