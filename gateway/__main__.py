@@ -19,7 +19,7 @@ def main() -> None:
     security.startup_checks(settings)
     host, port = settings.bind
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False,
-                **security.tls_options(settings))
+                timeout_keep_alive=settings.http_idle_timeout, **security.tls_options(settings))
 
 
 if __name__ == "__main__":

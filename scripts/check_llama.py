@@ -1,7 +1,8 @@
 """Can this machine run the installed llama.cpp? Evaluates a 64-token prompt on the demo GGUF.
 
-Exit 0: yes. Killed by SIGILL: the library uses instructions this CPU reports but faults on (seen on VMs that
-list AMX in /proc/cpuinfo: llama.cpp's ``-march=native`` build then runs AMX tile kernels that trap);
+Exit 0: yes. Killed by SIGILL or SIGSEGV: the library uses instructions this CPU reports but faults on (seen on
+VMs that list AMX in /proc/cpuinfo: llama.cpp's ``-march=native`` build then runs AMX tile kernels that trap,
+as SIGILL on some and as SIGSEGV inside ``ggml_backend_amx_mul_mat`` on others);
 ``scripts/install.sh`` rebuilds llama-cpp-python without AMX when that happens.
 """
 

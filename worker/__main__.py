@@ -18,6 +18,7 @@ from caravan.settings import WorkerSettings
 from worker.blobs import BlobCache
 from worker.control import run_control
 from worker.engine.base import Engine
+from worker.engine.openmp import shorten_idle_spin
 from worker.runner import Worker
 
 log = logging.getLogger("worker")
@@ -78,6 +79,7 @@ async def serve(settings: WorkerSettings) -> None:
 def main() -> None:
     settings = WorkerSettings()
     setup_logging("worker", settings.log_level, settings.log_json)
+    shorten_idle_spin()  # before llama_cpp is imported (engine_factory imports it on the first load)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # uvloop: a faster relay of every token
         runner.run(serve(settings))
 
