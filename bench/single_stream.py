@@ -14,7 +14,8 @@ prefill-to-first-token time, ``prompt_eval_duration``), i.e. the time the reques
 the engine's own time is compared with direct llama-cpp-python's TTFT in its own row. The target row measures
 the latter on requests that run alone (30 more, each after a sleep as long as a peer's turn): in the paired
 rounds half of Caravan's requests start right after the peer's llama.cpp ran in this process on the same two
-cores, which leaves every Caravan process's caches cold and costs ≈ 2 ms more (its own row). The client floor is
+cores (its own row: ≈ 2 ms more while the peer's idle OpenMP thread spun for ≈ 5 ms after each of its
+generations; every side now runs with the worker's short spin, ``bench.common``). The client floor is
 the same client's TTFT against ``bench.echo_server`` (an HTTP server that does nothing but answer after the
 engine's median TTFT, less that wait): what the client and loopback HTTP cost any server whose answer comes
 that late; Caravan's own share is the added TTFT minus that floor.
