@@ -66,8 +66,8 @@ end
 # ARGV: now, horizon, user, weight, max depth (0: none), user-stream prefix, group, idle since, preferred worker
 # ('': any), inbox prefix, private-queue prefix ('': the preferred worker or nothing), reply stream, start field,
 # reply TTL, then the entry's fields
-# → the depth with the request (0: handed to a waiting worker), -1: the queue is full, -2: the preferred
-# worker does not wait and its private queue was not wanted
+# → the depth with the request, or {0, the start entry's id, the start event} when handed to a waiting worker;
+# -1: the queue is full, -2: the preferred worker does not wait and its private queue was not wanted
 _SUBMIT = _WAITING_USERS + """
 local _, _, depth = waiting_users(KEYS[1], ARGV[1], ARGV[2], ARGV[6])
 local prefer = ARGV[9]
@@ -87,9 +87,9 @@ if depth == 0 then
     end
     redis.call('XADD', ARGV[10] .. worker, 'MAXLEN', '~', '64', '*', unpack(ARGV, 15))
     redis.call('EXPIRE', ARGV[10] .. worker, 86400)  -- a worker gone for a day leaves no inbox behind
-    redis.call('XADD', ARGV[12], '*', ARGV[13], start)
+    local id = redis.call('XADD', ARGV[12], '*', ARGV[13], start)
     redis.call('EXPIRE', ARGV[12], ARGV[14])
-    return 0
+    return {0, id, start}
   end
 end
 if prefer ~= '' then
@@ -214,18 +214,27 @@ def safe_user(user: str) -> str:
     return user if _SAFE.match(user) else "x" + user.encode().hex()[:120]
 
 
-async def enqueue(redis: Redis, job: InferenceJob, max_depth: int = 0, prefer: str | None = None,
-                  private: bool = True) -> int | None:
+@dataclass(frozen=True)
+class Submitted:
+    """Where a submitted request went."""
+
+    depth: int  # waiting requests for its spec with it, over every user; 0: handed to a waiting worker
+    start: tuple[bytes, dict[bytes, bytes]] | None = None  # that hand-off's ``start`` entry in the reply stream
+
+
+async def submit(redis: Redis, job: InferenceJob, max_depth: int = 0, prefer: str | None = None,
+                 private: bool = True) -> Submitted | None:
     """Hand ``job`` to a worker waiting for its spec, else put it on its user's queue and ring the spec's
     doorbell: one round trip.
 
     With ``prefer`` (session affinity) only that worker is handed the job, else it goes to that worker's private
-    queue (when ``private``). Returns the spec's depth (waiting requests over every user) with the job, 0 when it
-    was handed over, or None, enqueueing nothing, when ``max_depth`` requests were already waiting (the shared
-    queue only) or the preferred worker does not wait and ``private`` is false.
+    queue (when ``private``). Returns the spec's depth with the job and, when it was handed over, the ``start``
+    entry written to its reply stream (entry id, fields: so the gateway need not read it back); None, enqueueing
+    nothing, when ``max_depth`` requests were already waiting (the shared queue only) or the preferred worker
+    does not wait and ``private`` is false.
     """
     spec, user, now = job.spec.key, safe_user(job.user), time.time()
-    depth = await redis.register_script(_SUBMIT)(
+    reply = await redis.register_script(_SUBMIT)(
         keys=[keys.queue_users(spec), keys.queue_weights(spec), keys.user_queue(spec, user), keys.bell(spec),
               keys.idle(spec), keys.idle_start(spec)],
         args=[now, ACTIVE_HORIZON, user, 1 + max(0, job.priority), max_depth, keys.user_queue(spec, ""),
@@ -234,7 +243,17 @@ async def enqueue(redis: Redis, job: InferenceJob, max_depth: int = 0, prefer: s
               keys.reply(job.id), START_FIELD, keys.REPLY_TTL,
               *(part for item in job.encode().items() for part in item)],
     )
-    return None if int(depth) < 0 else int(depth)
+    if isinstance(reply, list):
+        _, entry_id, start = reply
+        return Submitted(0, (entry_id, {START_FIELD.encode(): start}))
+    return None if int(reply) < 0 else Submitted(int(reply))
+
+
+async def enqueue(redis: Redis, job: InferenceJob, max_depth: int = 0, prefer: str | None = None,
+                  private: bool = True) -> int | None:
+    """:func:`submit`, returning only the depth (0: handed over) or None."""
+    submitted = await submit(redis, job, max_depth, prefer, private)
+    return None if submitted is None else submitted.depth
 
 
 @dataclass

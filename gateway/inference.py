@@ -135,9 +135,11 @@ class InferenceService:
         conversation = prepared.conversation if self.settings.affinity else None
         affinity = conversation_key(conversation[:-1]) if conversation and len(conversation) > 1 else None
         apply_policy(prepared.job, self.settings)  # the caller's user/priority; role caps (every job passes here)
-        await self.scheduler.submit(prepared.job, affinity)
+        submitted = await self.scheduler.submit(prepared.job, affinity)
         reader = ReplyReader(self.redis, self.scheduler, prepared.job, request, self.settings.load_timeout,
                              self.metrics.request(prepared.record.name, prepared.started))
+        if submitted.start:  # handed to a waiting worker: its start event need not be read back
+            reader.feed(*submitted.start)
         try:
             first = await reader.first()
         except BaseException:

@@ -193,38 +193,39 @@ class Scheduler:
         return raw.decode() if raw else None
 
     # -- queues ---------------------------------------------------------------------------------------
-    async def submit(self, job: InferenceJob, affinity: str | None = None) -> None:
+    async def submit(self, job: InferenceJob, affinity: str | None = None) -> fairqueue.Submitted:
         """Place and enqueue ``job``; 503 when its queue is full.
 
         A spec the snapshot shows held is enqueued at once (one round trip) and placement looks again only if
         the queue has grown past the replica threshold; otherwise it is placed (or refused) before queueing.
         """
         job.created = job.created or time.time()
-        if affinity and await self._affine(job, affinity):
-            return
+        if affinity and (affine := await self._affine(job, affinity)):
+            return affine
         holders = [w for w in await self.serving() if w.holds(job.spec.key)]
         if not holders:
             await self.ensure_placed(job.spec)
-        depth = await fairqueue.enqueue(self.redis, job, self.settings.max_queue)
-        if depth is None:
+        submitted = await fairqueue.submit(self.redis, job, self.settings.max_queue)
+        if submitted is None:
             raise ServerBusy(SERVER_BUSY)
-        if holders and depth > self.settings.replica_queue_depth * slots_of(job.spec, holders):
-            await self.ensure_placed(job.spec, depth)
+        if holders and submitted.depth > self.settings.replica_queue_depth * slots_of(job.spec, holders):
+            await self.ensure_placed(job.spec, submitted.depth)
+        return submitted
 
-    async def _affine(self, job: InferenceJob, conversation: str) -> bool:
+    async def _affine(self, job: InferenceJob, conversation: str) -> fairqueue.Submitted | None:
         """Enqueue on the private queue of the worker that served this conversation, if it can take it."""
         raw = await self.redis.get(keys.affinity(conversation))
         if raw is None:
-            return False
+            return None
         worker_id = raw.decode()
         state = next((w for w in await self.serving() if w.id == worker_id), None)
         model = next((m for m in state.models if m.spec.key == job.spec.key), None) if state else None
         if model is None:
-            return False
+            return None
         # handed over if it waits (decided in Redis, atomically); else its private queue if the snapshot, up to a
         # second old, says it has room; else the shared queue (the caller's path)
         room = model.in_flight + await self.redis.xlen(keys.worker_queue(job.spec.key, worker_id)) < model.slots
-        return await fairqueue.enqueue(self.redis, job, prefer=worker_id, private=room) is not None
+        return await fairqueue.submit(self.redis, job, prefer=worker_id, private=room)
 
     async def remember(self, conversation: str, worker_id: str) -> None:
         """The worker that served a conversation (its next turn's preferred worker)."""

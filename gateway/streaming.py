@@ -1,6 +1,7 @@
 """Relay one request's reply stream (``caravan:r:{id}``) to the client.
 
-``ReplyReader`` XREADs the stream from ``0-0`` in BLOCK 1 s rounds; between rounds it notices a client that
+``ReplyReader`` XREADs the stream from ``0-0`` (or from the ``start`` entry that the enqueue script wrote when it
+handed the request to a waiting worker, and returned) in BLOCK 1 s rounds; between rounds it notices a client that
 left (499 + cancel), a worker that died after starting (error at once), or no worker holding the spec
 before start (placement is retried). ``first()`` waits for the first payload event before any byte is
 sent, so early failures keep their HTTP status; later ones become a final ``{"error": ...}`` line.
@@ -59,8 +60,7 @@ class ReplyReader:
                 await self._idle_checks()
                 continue
             for entry_id, fields in reply[0][1]:
-                self.last = entry_id
-                self._pending.append(Event.decode(fields))
+                self.feed(entry_id, fields)
         event = self._pending.pop(0)
         if self.observer:
             self.observer.event(event)
@@ -71,6 +71,11 @@ class ReplyReader:
         elif event.t in ("done", "err"):
             self.finished = True
         return event
+
+    def feed(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        """An entry of the reply stream, as XREAD returns it; reading goes on after it."""
+        self.last = entry_id
+        self._pending.append(Event.decode(fields))
 
     async def first(self) -> Event:
         """The first event that is not ``start``; an ``err`` here raises with its status.

@@ -163,11 +163,14 @@ async def test_a_waiting_worker_is_handed_the_request_already_started(redis_url:
     waiting, claimed = await fairqueue.take(redis, spec.key, "w1", 2, START)
     assert claimed == [] and not waiting.waiting, "nothing to take: w1 now waits with two free slots"
     first, second, third = (_job(spec, "a", n) for n in range(3))
-    assert await fairqueue.enqueue(redis, first) == 0, "handed over, not queued"
+    submitted = await fairqueue.submit(redis, first)
+    assert submitted is not None and submitted.depth == 0, "handed over, not queued"
     assert await _replies_now(redis, first.id) == [b"started"], "the gateway learns who has it in the same step"
+    [(entry_id, fields)] = await redis.xrange(keys.reply(first.id))
+    assert submitted.start == (entry_id, fields), "... from the script's answer: no read back"
     assert 0 < await redis.ttl(keys.inbox(spec.key, "w1")) <= 86400, "inboxes of workers long gone expire"
     assert await fairqueue.enqueue(redis, second) == 0
-    assert await fairqueue.enqueue(redis, third) == 1, "as many hand-offs as free slots: the next one is queued"
+    assert await fairqueue.submit(redis, third) == fairqueue.Submitted(1), "as many hand-offs as free slots"
     assert await redis.xlen(keys.bell(spec.key)) == 1, "only the queued request rang the doorbell"
     mail = await mailbox.wait(block_ms=100)
     assert [job.id for job in mail.jobs] == [first.id, second.id] and mail.rang, "both, and the doorbell rang"
