@@ -65,7 +65,7 @@ class BatchEngine(Engine):
         C.llama_backend_init()
         params = C.llama_model_default_params()
         params.n_gpu_layers, params.main_gpu = self._n_gpu_layers, self.spec.main_gpu
-        params.use_mmap = self.spec.use_mmap
+        params.load_mode = load_mode(C, self.spec.use_mmap)
         self.model = LlamaModel(path_model=str(self.path), params=params, verbose=False)
         self.ctx = C.llama_init_from_model(self.model.model, self._context_params())
         if not self.ctx:
@@ -192,3 +192,9 @@ def tokenizer_info(model: Any) -> TokenizerInfo:
         bos_token=model.token_get_text(bos) if bos >= 0 else "",
         eos_token=model.token_get_text(eos) if eos >= 0 else "",
     )
+
+
+def load_mode(C: Any, use_mmap: bool) -> int:
+    """llama.cpp's weight loading for Ollama's ``use_mmap`` option, as ``Llama`` sets it: memory-mapped, or read
+    into memory. (``llama_model_params`` has no ``use_mmap`` field any more; its default, AUTO, is neither.)"""
+    return int(C.LLAMA_LOAD_MODE_MMAP if use_mmap else C.LLAMA_LOAD_MODE_NONE)

@@ -304,3 +304,26 @@ def test_sampling_params_follow_ollama_options() -> None:
     assert (params.temperature, params.top_k, params.repeat_last_n, params.seed) == (0.5, 7, 1024, 3)
     assert SamplingParams.from_options({}, 1024).top_p == 0.9
     assert SamplingParams.from_options({}, 1024).seed != SamplingParams.from_options({}, 1024).seed
+
+
+
+@pytest.mark.parametrize("use_mmap", [True, False])
+def test_use_mmap_reaches_llama_cpps_load_mode(monkeypatch: pytest.MonkeyPatch, use_mmap: bool) -> None:
+    """``llama_model_params`` has ``load_mode``, not ``use_mmap``: Ollama's option must land there (its default,
+    AUTO, is neither)."""
+    from llama_cpp import _internals
+    from llama_cpp import llama_cpp as C
+
+    from registry.demo import demo_gguf
+
+    seen: list[Any] = []
+
+    def capture(path_model: str, params: Any, verbose: bool) -> None:
+        seen.append(params)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(_internals, "LlamaModel", capture)
+    spec = LoadSpec(model="smollm2", blob="demo", num_ctx=256, use_mmap=use_mmap)
+    with pytest.raises(RuntimeError, match="captured"):
+        BatchEngine(spec, demo_gguf())._load()
+    assert seen[0].load_mode == (C.LLAMA_LOAD_MODE_MMAP if use_mmap else C.LLAMA_LOAD_MODE_NONE)
