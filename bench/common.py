@@ -325,11 +325,20 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+# 13 names whose first tokens all differ (SmolLM2's tokenizer): prompts of indices less than 13 apart share no
+# prefix at all, so a side that reuses its previous prompt's prefix (llama-cpp-python's ``generate``) and one that
+# reuses the least recently used slot's (Caravan, 4 slots) evaluate the same tokens; with "Story {index}." first
+# they shared 4-6 tokens, a different number on each side (≈ 3 ms of prefill per token on a slow CPU).
+NAMES = ["Anna", "Bruno", "Chloe", "David", "Elena", "Felix", "Grace", "Hugo", "Irene", "Julia", "Karl", "Laura",
+         "Mario"]
+
+
 def story_prompt(index: int) -> str:
     """Distinct prompts (so no request reuses another's prefix) that make the model write at length."""
     topics = ["a dragon", "the sea", "a lost robot", "a small village", "the moon", "a clockmaker",
               "a winter storm", "an old library", "a desert caravan", "a lighthouse keeper"]
-    return f"Story {index}. Once upon a time there was {topics[index % len(topics)]} who"
+    name, topic = NAMES[index % len(NAMES)], topics[index % len(topics)]
+    return f"{name} told story {index}. Once upon a time there was {topic} who"
 
 
 @dataclass

@@ -88,16 +88,23 @@ async def rounds(base: str, llm: Any, count: int, num_predict: int,
     return ours, theirs
 
 
-async def alone(base: str, count: int, gap: float) -> list[Timing]:
-    """``count`` Caravan requests of 4 tokens with nothing else running between them (``gap`` s of sleep)."""
+async def alone(base: str, llm: Any, count: int, gap: float, seed: int = 3) -> tuple[list[Timing], list[Timing]]:
+    """``count`` rounds of one prompt on each side (4 tokens), in a random order, every request after ``gap`` s
+    of sleep: neither side starts right after the other's llama.cpp compute."""
+    coin = random.Random(seed)
     client = WireClient()
+    ours, theirs = [], []
     try:
         await caravan_generate(client, base, story_prompt(97), 4)
-        timings = []
         for index in range(count):
-            await asyncio.sleep(gap)
-            timings.append(await caravan_generate(client, base, story_prompt(index + 3000), 4))
-        return timings
+            prompt = story_prompt(index + 3000)
+            for side in ((0, 1) if coin.random() < 0.5 else (1, 0)):
+                await asyncio.sleep(gap)
+                if side == 0:
+                    ours.append(await caravan_generate(client, base, prompt, 4))
+                else:
+                    theirs.append(direct_generate(llm, prompt, 4))
+        return ours, theirs
     finally:
         await client.aclose()
 
@@ -121,7 +128,7 @@ def run(rounds_: int = 8, tokens: int = 128, threads: int = NCPU, num_ctx: int =
             ours, theirs = asyncio.run(rounds(cluster.gateway_url, llm, rounds_, tokens, seed=1))
             first, first_peer = asyncio.run(rounds(cluster.gateway_url, llm, ttft_rounds, 4, seed=2))
             gap = median([t.end - t.sent for t in first_peer])  # the peer's turn, slept instead of computed
-            solo = asyncio.run(alone(cluster.gateway_url, ttft_rounds, gap))
+            solo, solo_peer = asyncio.run(alone(cluster.gateway_url, llm, ttft_rounds, gap))
     finally:
         llm.close()
     rate, peer_rate = median([t.decode_rate for t in ours]), median([t.decode_rate for t in theirs])
@@ -134,6 +141,9 @@ def run(rounds_: int = 8, tokens: int = 128, threads: int = NCPU, num_ctx: int =
                               for t in asyncio.run(client_floor(url, ttft_rounds, httpx.AsyncClient()))])
     paired = median([(a.ttft - b.ttft) * 1000 for a, b in zip(first, first_peer, strict=True)])
     outside = median([(t.ttft - (t.engine_ttft or 0)) * 1000 for t in solo])
+    solo_paired = median([(a.ttft - b.ttft) * 1000 for a, b in zip(solo, solo_peer, strict=True)])
+    solo_engine = median([(t.engine_ttft or 0) * 1000 for t in solo])
+    solo_direct = median([t.ttft * 1000 for t in solo_peer])
     interleaved = median([(t.ttft - (t.engine_ttft or 0)) * 1000 for t in first])
     peer = "llama-cpp-python in-process"
     n = f"{len(first)} rounds"
@@ -147,7 +157,12 @@ def run(rounds_: int = 8, tokens: int = 128, threads: int = NCPU, num_ctx: int =
             outside, None, "", None, "≤ 5 ms", outside <= 5),
         Row("single stream", "... the same in the rounds above (right after the peer's llama.cpp ran in this "
             "process on the same 2 cores)", interleaved),
-        Row("single stream", "added TTFT ms: Caravan − direct, same prompt (median of pairs)", paired, None, peer),
+        Row("single stream", "added TTFT ms: Caravan − direct, same prompt, each after an idle gap (median of "
+            f"{len(solo)} pairs)", solo_paired, None, peer),
+        Row("single stream", "... their engine's own TTFT vs direct TTFT, each after an idle gap", solo_engine,
+            solo_direct, peer, solo_engine / solo_direct),
+        Row("single stream", "added TTFT ms: Caravan − direct, same prompt, in the rounds above (median of pairs)",
+            paired, None, peer),
         Row("single stream", "client floor ms: same client, HTTP server doing nothing but wait", floor),
         Row("single stream", "... the same floor with an httpx client (what it would add on top)", floor_httpx),
         Row("single stream", "added TTFT ms − client floor: the cluster's own share", outside - floor),
