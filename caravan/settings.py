@@ -90,10 +90,10 @@ class GatewaySettings(ServiceSettings):
     metrics_auth: bool = False  # /metrics and /api/status/prometheus-targets need a key too
     origins: str = Field("", validation_alias=_alias("CARAVAN_ORIGINS", "OLLAMA_ORIGINS"))  # extra CORS origins
     max_body_bytes: int = 32 << 20  # request bodies (413 above); blob uploads use max_blob_bytes
+    max_blob_bytes: int = 0  # 0: unlimited
     # seconds an idle keep-alive HTTP connection stays open (uvicorn's own default, 5 s, makes a chat client
     # that pauses between turns reconnect; Ollama's Go server never closes idle connections)
     http_idle_timeout: int = Field(75, ge=1)
-    max_blob_bytes: int = 0  # 0: unlimited
     user_max_num_predict: int = 0  # caps per role, 0 = none; larger values are clamped
     user_max_num_ctx: int = 0
     admin_max_num_predict: int = 0

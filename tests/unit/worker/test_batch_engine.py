@@ -306,7 +306,6 @@ def test_sampling_params_follow_ollama_options() -> None:
     assert SamplingParams.from_options({}, 1024).seed != SamplingParams.from_options({}, 1024).seed
 
 
-
 @pytest.mark.parametrize("use_mmap", [True, False])
 def test_use_mmap_reaches_llama_cpps_load_mode(monkeypatch: pytest.MonkeyPatch, use_mmap: bool) -> None:
     """``llama_model_params`` has ``load_mode``, not ``use_mmap``: Ollama's option must land there (its default,
