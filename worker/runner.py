@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import socket
@@ -254,22 +255,27 @@ class Worker:
         model.keep_alive = decode_keep_alive(job.keep_alive)
         model.expires_at = None
         cancel = self.cancels.setdefault(job.id, threading.Event())
-        task = asyncio.create_task(self._serve(model, job, cancel))
+        context = contextvars.copy_context()  # the request's own: its id in every log line about it
+        context.run(request_id.set, job.id)
+        events = None
+        if job.op not in ("load", "embed"):  # started now: the engine has it before this loop turn ends
+            first = self.replies.first_token(keys.reply(job.id))
+            events = context.run(model.engine.stream, job, cancel, first)
+        task = asyncio.create_task(self._serve(model, job, cancel, events), context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     # -- serving ----------------------------------------------------------------------------------------
-    async def _serve(self, model: Loaded, job: InferenceJob, cancel: threading.Event) -> None:
-        request_id.set(job.id)
+    async def _serve(self, model: Loaded, job: InferenceJob, cancel: threading.Event,
+                     events: AsyncIterator[Event] | None) -> None:
         reply = keys.reply(job.id)
         try:  # the claim wrote "start"
             if job.op == "load":
                 await self._emit(reply, Event(t="done", done_reason="load"))
                 return
-            if job.op == "embed":
+            if events is None:  # embed: one event, computed whole
                 await self._emit(reply, await model.engine.embed(job, cancel))
                 return
-            events = model.engine.stream(job, cancel, first=self.replies.first_token(reply))
             await self._relay(reply, self.metrics.observe(model.spec.model, events))
         except (RedisError, OSError) as exc:
             log.warning("reply stream failed", extra={"error": str(exc)})

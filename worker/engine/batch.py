@@ -134,27 +134,37 @@ class BatchEngine(Engine):
             self._embedder = None
 
     # -- requests ------------------------------------------------------------------------------------------
-    async def stream(self, job: InferenceJob, cancel: threading.Event,
-                     first: FirstToken | None = None) -> AsyncIterator[Event]:
+    def stream(self, job: InferenceJob, cancel: threading.Event,
+               first: FirstToken | None = None) -> AsyncIterator[Event]:
+        """A short prompt is prepared and handed to the engine thread right here, in the caller's turn of the
+        event loop, so the thread starts on it while the loop goes on; a long one is prepared on another thread
+        once the events are first awaited."""
         if self.batcher is None:
-            raise CaravanError("the model is not loaded")
+            return _raising(CaravanError("the model is not loaded"))
         queue: asyncio.Queue[Item] = asyncio.Queue()
+        if prompt_chars(job) > INLINE_PROMPT_CHARS:
+            return self._prepare_then_stream(job, cancel, first, queue)
+        try:
+            req = self.request(job, cancel, asyncio.get_running_loop(), queue)
+        except CaravanError as exc:
+            return _refused(exc)
+        req.first = first
+        self.batcher.submit(req)
+        return _events(queue, cancel)
+
+    async def _prepare_then_stream(self, job: InferenceJob, cancel: threading.Event, first: FirstToken | None,
+                                   queue: asyncio.Queue[Item]) -> AsyncIterator[Event]:
         loop = asyncio.get_running_loop()
         try:
-            if prompt_chars(job) <= INLINE_PROMPT_CHARS:
-                req = self.request(job, cancel, loop, queue)
-            else:
-                req = await asyncio.to_thread(self.request, job, cancel, loop, queue)
-            req.first = first
+            req = await asyncio.to_thread(self.request, job, cancel, loop, queue)
         except CaravanError as exc:
             yield Event(t="err", status=exc.status, error=exc.message)
             return
+        req.first = first
+        assert self.batcher is not None
         self.batcher.submit(req)
-        try:
-            while (item := await queue.get()) is not None:
-                yield item
-        finally:
-            cancel.set()  # a consumer that stops early frees the slot at the next step
+        async for event in _events(queue, cancel):
+            yield event
 
     def request(self, job: InferenceJob, cancel: threading.Event, loop: asyncio.AbstractEventLoop,
                 queue: asyncio.Queue[Item]) -> Request:
@@ -198,3 +208,21 @@ def load_mode(C: Any, use_mmap: bool) -> int:
     """llama.cpp's weight loading for Ollama's ``use_mmap`` option, as ``Llama`` sets it: memory-mapped, or read
     into memory. (``llama_model_params`` has no ``use_mmap`` field any more; its default, AUTO, is neither.)"""
     return int(C.LLAMA_LOAD_MODE_MMAP if use_mmap else C.LLAMA_LOAD_MODE_NONE)
+
+
+async def _events(queue: asyncio.Queue[Item], cancel: threading.Event) -> AsyncIterator[Event]:
+    """What the engine thread delivers for one request, until its end."""
+    try:
+        while (item := await queue.get()) is not None:
+            yield item
+    finally:
+        cancel.set()  # a consumer that stops early frees the slot at the next step
+
+
+async def _refused(exc: CaravanError) -> AsyncIterator[Event]:
+    yield Event(t="err", status=exc.status, error=exc.message)
+
+
+async def _raising(exc: Exception) -> AsyncIterator[Event]:
+    raise exc
+    yield  # an async generator that fails when first awaited

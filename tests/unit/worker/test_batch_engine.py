@@ -326,3 +326,24 @@ def test_use_mmap_reaches_llama_cpps_load_mode(monkeypatch: pytest.MonkeyPatch, 
     with pytest.raises(RuntimeError, match="captured"):
         BatchEngine(spec, demo_gguf())._load()
     assert seen[0].load_mode == (C.LLAMA_LOAD_MODE_MMAP if use_mmap else C.LLAMA_LOAD_MODE_NONE)
+
+
+def test_a_short_prompt_reaches_the_engine_thread_when_stream_is_called(engine: BatchEngine) -> None:
+    """The worker calls ``stream`` in the turn of its loop that read the job: the engine thread starts on it at
+    once, before anyone awaits an event (the loop goes on re-arming its reads meanwhile)."""
+    sampled = threading.Event()
+
+    def first(event: Event) -> bool:
+        sampled.set()
+        return False  # not written anywhere: the event also comes through the stream
+
+    async def scenario() -> tuple[bool, str]:
+        events = engine.stream(job("Name three fruits.", {"temperature": 0, "num_predict": 3}), threading.Event(),
+                               first)
+        started = await asyncio.to_thread(sampled.wait, 60)  # nothing has iterated ``events`` yet
+        text = "".join([event.text async for event in events if event.t == "tok"])
+        return started, text
+
+    started, text = asyncio.run(scenario())
+    assert started, "the first token was sampled before the stream was iterated"
+    assert text, "and the stream still delivers every token"
