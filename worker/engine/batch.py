@@ -148,6 +148,8 @@ class BatchEngine(Engine):
             req = self.request(job, cancel, asyncio.get_running_loop(), queue)
         except CaravanError as exc:
             return _refused(exc)
+        except Exception as exc:  # anything else fails where the events are awaited, never in the caller's loop
+            return _raising(exc)
         req.first = first
         self.batcher.submit(req)
         return _events(queue, cancel)

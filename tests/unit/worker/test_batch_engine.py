@@ -347,3 +347,20 @@ def test_a_short_prompt_reaches_the_engine_thread_when_stream_is_called(engine: 
     started, text = asyncio.run(scenario())
     assert started, "the first token was sampled before the stream was iterated"
     assert text, "and the stream still delivers every token"
+
+
+def test_a_failing_preparation_fails_where_the_events_are_awaited(engine: BatchEngine,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``stream`` runs in the worker's claiming loop: a bug in preparing one request must not raise there."""
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("tokenizer exploded")
+
+    monkeypatch.setattr(engine, "request", broken)
+
+    async def scenario() -> None:
+        events = engine.stream(job("Why is the sky blue?"), threading.Event())  # does not raise here
+        with pytest.raises(RuntimeError, match="tokenizer exploded"):
+            await anext(events)
+
+    asyncio.run(scenario())
