@@ -280,6 +280,11 @@ class Worker:
         except (RedisError, OSError) as exc:
             log.warning("reply stream failed", extra={"error": str(exc)})
             cancel.set()
+        except Exception as exc:  # a bug in the engine or in preparing the request: an error, never silence
+            log.exception("request failed")
+            cancel.set()
+            with contextlib.suppress(RedisError, OSError):
+                await self._emit(reply, Event(t="err", status=500, error=str(exc) or type(exc).__name__))
         finally:
             self.cancels.pop(job.id, None)
             await self._release(model)

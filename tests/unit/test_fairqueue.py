@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,9 @@ from redis.asyncio import Redis
 
 from caravan import fairqueue, keys
 from caravan.fairqueue import StrideOrder, safe_user
-from caravan.queue import InferenceJob, LoadSpec
+from caravan.queue import Event, InferenceJob, LoadSpec
 from caravan.settings import WorkerSettings
+from worker.engine.base import FirstToken
 from worker.engine.fake import FakeEngine
 from worker.runner import Worker
 
@@ -234,12 +237,13 @@ async def test_closing_the_mailbox_returns_what_was_handed_over_since_the_last_w
     await redis.aclose()
 
 
-async def _idle_worker(redis_url: str, tmp_path: Path, spec: LoadSpec, redis: Redis) -> Worker:
+async def _idle_worker(redis_url: str, tmp_path: Path, spec: LoadSpec, redis: Redis,
+                       make: type[FakeEngine] = FakeEngine) -> Worker:
     """A worker with ``spec`` loaded whose first take found nothing (so it waits, marked idle)."""
     settings = WorkerSettings(worker_id="handoff-" + spec.key[-8:], redis_url=redis_url, cache_dir=tmp_path)
 
     async def engine(loaded: LoadSpec) -> FakeEngine:
-        return FakeEngine(loaded)
+        return make(loaded)
 
     worker = Worker(settings, redis, engine)
     await worker.load(spec)
@@ -262,6 +266,40 @@ async def _events(redis: Redis, request_id: str) -> list[str]:
             last = entry_id
             types.append(json.loads(fields[b"ev"])["t"])
     return types
+
+
+class _Exploding(FakeEngine):
+    """Fails (a bug, not a refusal) on the prompt "explode"."""
+
+    async def stream(self, job: InferenceJob, cancel: threading.Event,
+                     first: FirstToken | None = None) -> AsyncIterator[Event]:
+        if job.prompt == "explode":
+            raise RuntimeError("engine bug")
+        async for event in super().stream(job, cancel, first):
+            yield event
+
+
+async def test_an_engine_failure_reaches_the_client_and_the_worker_goes_on(redis_url: str, tmp_path: Path) -> None:
+    redis = Redis.from_url(redis_url)
+    spec = _spec("engine-bug")
+    worker = await _idle_worker(redis_url, tmp_path, spec, redis, _Exploding)
+    broken = _job(spec, "a", 0).model_copy(update={"prompt": "explode"})
+    assert await fairqueue.enqueue(redis, broken) == 0
+    events: list[Event] = []
+    last: bytes | str = "0-0"
+    while not events or events[-1].t == "start":
+        reply = await redis.xread({keys.reply(broken.id): last}, block=5000)
+        assert reply, f"no event for 5 s after {[e.t for e in events]}: the client would wait for ever"
+        for entry_id, fields in reply[0][1]:
+            last = entry_id
+            events.append(Event.decode(fields))
+    error = events[-1]
+    assert (error.t, error.status, error.error) == ("err", 500, "engine bug"), "an error event, not silence"
+    fine = _job(spec, "a", 1)
+    await fairqueue.enqueue(redis, fine)
+    assert await _events(redis, fine.id) == ["start"] + ["tok"] * 8 + ["done"], "its slot was given back"
+    await worker.drain()
+    await redis.aclose()
 
 
 async def test_a_worker_serves_a_request_handed_to_it(redis_url: str, tmp_path: Path) -> None:
