@@ -140,7 +140,7 @@ class BatchEngine(Engine):
         event loop, so the thread starts on it while the loop goes on; a long one is prepared on another thread
         once the events are first awaited."""
         if self.batcher is None:
-            return _raising(CaravanError("the model is not loaded"))
+            return _refused(CaravanError("the model is not loaded"))
         queue: asyncio.Queue[Item] = asyncio.Queue()
         if prompt_chars(job) > INLINE_PROMPT_CHARS:
             return self._prepare_then_stream(job, cancel, first, queue)
