@@ -66,9 +66,10 @@ def direct_generate(llm: Any, prompt: str, num_predict: int) -> Timing:
     return Timing(sent, first, time.perf_counter(), count)
 
 
-async def rounds(base: str, llm: Any, count: int, num_predict: int,
-                 seed: int = 0) -> tuple[list[Timing], list[Timing]]:
-    """``count`` rounds; each runs one prompt on both sides, in a random order."""
+async def rounds(base: str, llm: Any, count: int, num_predict: int, seed: int = 0,
+                 gap: float = 0.0) -> tuple[list[Timing], list[Timing]]:
+    """``count`` rounds; each runs one prompt on both sides, in a random order. With ``gap``, every request
+    follows that many seconds of sleep: neither side starts right after the other's llama.cpp compute."""
     coin = random.Random(seed)
     ours, theirs = [], []
     client = WireClient()
@@ -77,36 +78,16 @@ async def rounds(base: str, llm: Any, count: int, num_predict: int,
         direct_generate(llm, story_prompt(98), 4)
         for index in range(count):
             prompt = story_prompt(index + 1000 * seed)
-            if coin.random() < 0.5:
-                ours.append(await caravan_generate(client, base, prompt, num_predict))
-                theirs.append(direct_generate(llm, prompt, num_predict))
-            else:
-                theirs.append(direct_generate(llm, prompt, num_predict))
-                ours.append(await caravan_generate(client, base, prompt, num_predict))
+            for caravan_side in ((True, False) if coin.random() < 0.5 else (False, True)):
+                if gap:
+                    await asyncio.sleep(gap)
+                if caravan_side:
+                    ours.append(await caravan_generate(client, base, prompt, num_predict))
+                else:
+                    theirs.append(direct_generate(llm, prompt, num_predict))
     finally:
         await client.aclose()
     return ours, theirs
-
-
-async def alone(base: str, llm: Any, count: int, gap: float, seed: int = 3) -> tuple[list[Timing], list[Timing]]:
-    """``count`` rounds of one prompt on each side (4 tokens), in a random order, every request after ``gap`` s
-    of sleep: neither side starts right after the other's llama.cpp compute."""
-    coin = random.Random(seed)
-    client = WireClient()
-    ours, theirs = [], []
-    try:
-        await caravan_generate(client, base, story_prompt(97), 4)
-        for index in range(count):
-            prompt = story_prompt(index + 3000)
-            for side in ((0, 1) if coin.random() < 0.5 else (1, 0)):
-                await asyncio.sleep(gap)
-                if side == 0:
-                    ours.append(await caravan_generate(client, base, prompt, 4))
-                else:
-                    theirs.append(direct_generate(llm, prompt, 4))
-        return ours, theirs
-    finally:
-        await client.aclose()
 
 
 async def client_floor(base: str, count: int, client: Client) -> list[float]:
@@ -128,7 +109,7 @@ def run(rounds_: int = 8, tokens: int = 128, threads: int = NCPU, num_ctx: int =
             ours, theirs = asyncio.run(rounds(cluster.gateway_url, llm, rounds_, tokens, seed=1))
             first, first_peer = asyncio.run(rounds(cluster.gateway_url, llm, ttft_rounds, 4, seed=2))
             gap = median([t.end - t.sent for t in first_peer])  # the peer's turn, slept instead of computed
-            solo, solo_peer = asyncio.run(alone(cluster.gateway_url, llm, ttft_rounds, gap))
+            solo, solo_peer = asyncio.run(rounds(cluster.gateway_url, llm, ttft_rounds, 4, seed=3, gap=gap))
     finally:
         llm.close()
     rate, peer_rate = median([t.decode_rate for t in ours]), median([t.decode_rate for t in theirs])
