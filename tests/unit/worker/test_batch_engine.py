@@ -349,6 +349,33 @@ def test_a_short_prompt_reaches_the_engine_thread_when_stream_is_called(engine: 
     assert text, "and the stream still delivers every token"
 
 
+def test_an_idle_engine_thread_starts_on_a_request_before_stream_returns(engine: BatchEngine,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hand-off: the caller's event loop must not keep the GIL while the woken engine thread waits for it to
+    admit the request (its prefill would start only when the loop's turn ends)."""
+    assert engine.batcher is not None
+    monkeypatch.setattr(engine.batcher, "handoff_wait", 60.0)  # a bound only this slow machine could reach
+    decoding: list[list[str]] = []
+    real = engine.batcher.llama_decode
+
+    def llama_decode() -> int:
+        decoding.append([s.req.job.id for s in engine.batcher.slots if s.req is not None] if engine.batcher else [])
+        return real()
+
+    monkeypatch.setattr(engine.batcher, "llama_decode", llama_decode)
+
+    async def scenario() -> tuple[list[list[str]], str]:
+        request = job("Name four fruits.", {"temperature": 0, "num_predict": 3})
+        events = engine.stream(request, threading.Event())
+        seen = [list(ids) for ids in decoding]  # before anything awaits: the thread has admitted it already
+        text = "".join([event.text async for event in events if event.t == "tok"])
+        return seen, text
+
+    seen, text = asyncio.run(scenario())
+    assert seen and seen[0] == ["Name four fruits."], "the prefill began before stream() returned"
+    assert text
+
+
 def test_a_failing_preparation_fails_where_the_events_are_awaited(engine: BatchEngine,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """``stream`` runs in the worker's claiming loop: a bug in preparing one request must not raise there."""
