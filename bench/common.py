@@ -86,10 +86,12 @@ def demo_store() -> Path:
 
 @contextlib.contextmanager
 def caravan(*, parallel: int, threads: int, num_ctx: int, engine: str = "batch",
-            env: dict[str, str] | None = None, worker_env: dict[str, str] | None = None) -> Iterator[LocalCluster]:
-    """A whole cluster (embedded redis-server, registry, one worker, gateway) with the model loaded."""
+            env: dict[str, str] | None = None, worker_env: dict[str, str] | None = None,
+            python: str = sys.executable) -> Iterator[LocalCluster]:
+    """A whole cluster (embedded redis-server, registry, one worker, gateway) with the model loaded; ``python``
+    runs its processes (``bench.ab_ttft`` points it at another checkout)."""
     cluster = LocalCluster(ClusterConfig(
-        models=demo_store(), gateway_port=free_port(), workers=1,
+        models=demo_store(), gateway_port=free_port(), workers=1, python=python,
         log_dir=Path(tempfile.mkdtemp(prefix="caravan-bench-logs-")),
         worker_env={"CARAVAN_ENGINE": engine, "CARAVAN_N_THREADS": str(threads), "CARAVAN_LOG_LEVEL": "WARNING",
                     **(worker_env or {})},
