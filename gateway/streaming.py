@@ -134,39 +134,51 @@ class RelayResponse(StreamingResponse):
 
     Starlette's StreamingResponse runs the send and a disconnect listener in an anyio task group (~0.2 ms
     before the first byte here); this watches for the client leaving with a plain task that cancels the send,
-    so the body's ``finally`` still cancels the job at once.
+    so the body's ``finally`` still cancels the job at once. The relay also stops at the next chunk once the
+    client has left, whether or not the cancellation arrived: one that lands while redis-py's asyncio client
+    reads a reply is sometimes lost (the XREAD in flight returns normally; seen in about one request in
+    six), and uvicorn drops what is sent to a closed connection without an error, so the worker would have
+    generated to the end for nobody.
     """
+
+    left = False  # the client has gone (set by the watcher)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sender = asyncio.current_task()
         assert sender is not None
-        left = False
 
         async def watch() -> None:
-            nonlocal left
             while (await receive())["type"] != "http.disconnect":
                 pass
-            left = True
+            self.left = True
             sender.cancel()
 
         watcher = asyncio.create_task(watch())
         try:
             await self.stream_response(send)
         except asyncio.CancelledError:
-            if not left:
+            if not self.left:
                 raise
-            sender.uncancel()
         finally:
             watcher.cancel()
+        if self.left:  # the watcher's cancel, delivered or lost on the way: either way it is handled
+            sender.uncancel()
 
     async def stream_response(self, send: Send) -> None:
         chunks = aiter(self.body_iterator)
-        first = await anext(chunks, b"")
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        await send({"type": "http.response.body", "body": first, "more_body": True})
-        async for chunk in chunks:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        try:
+            first = await anext(chunks, b"")
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+            async for chunk in chunks:
+                if self.left:
+                    return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()  # the body's ``finally``: the job is cancelled unless it finished
 
 
 Shaper = Callable[[Event], list[dict[str, Any]]]  # one event → zero or more response chunks
