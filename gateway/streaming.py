@@ -4,7 +4,9 @@
 handed the request to a waiting worker, and returned) in BLOCK 1 s rounds; between rounds it notices a client that
 left (499 + cancel), a worker that died after starting (error at once), or no worker holding the spec
 before start (placement is retried). ``first()`` waits for the first payload event before any byte is
-sent, so early failures keep their HTTP status; later ones become a final ``{"error": ...}`` line.
+sent, so early failures keep their HTTP status; later ones become a final ``{"error": ...}`` line. A client
+that leaves mid-reply is noticed by ``RelayResponse``'s watcher when streaming, by ``collect``'s poll when not;
+either way the job is cancelled.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from gateway.usage import note_event
 
 log = logging.getLogger(__name__)
 BLOCK_MS = 1000
+DISCONNECT_POLL_S = 0.5  # non-streaming: how often a reply that is still coming checks that its client waits
 
 
 class ReplyReader:
@@ -246,8 +249,18 @@ def sse_stream(reader: ReplyReader, first: Event, shape: Shaper, headers: dict[s
 
 
 async def collect(reader: ReplyReader, first: Event, shape: Shaper, on_done: OnDone) -> list[dict[str, Any]]:
-    """Non-streaming: every chunk of the reply (an ``err`` raises with its status, nothing was sent yet)."""
+    """Non-streaming: every chunk of the reply (an ``err`` raises with its status, nothing was sent yet). A client
+    that leaves is noticed within ``DISCONNECT_POLL_S`` while events keep coming (the reader's own check runs
+    only when none came for a round), and the job is cancelled."""
+    chunks: list[dict[str, Any]] = []
+    polled = time.monotonic()
     try:
-        return [chunk async for chunk in shaped(reader, first, shape, on_done)]
+        async for chunk in shaped(reader, first, shape, on_done):
+            chunks.append(chunk)
+            if time.monotonic() - polled > DISCONNECT_POLL_S:
+                polled = time.monotonic()
+                if await reader.request.is_disconnected():
+                    raise ClientClosed("request canceled")
+        return chunks
     finally:
         await reader.close()

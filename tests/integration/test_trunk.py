@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import uuid
 
 import httpx
 import ollama
@@ -154,6 +156,19 @@ def test_client_error_in_python_client(client: ollama.Client) -> None:
     assert info.value.status_code == 404 and "not found" in info.value.error
 
 
+def final_event(client: redis.Redis, request_id: str) -> Event:
+    """The ``done``/``err`` event of a request's reply stream (each read waits at most 5 s for more)."""
+    last: bytes | str = "0-0"
+    while True:
+        reply = client.xread({keys.reply(request_id): last}, block=5000)
+        assert reply, "the worker did not end the request within 5 s of its last event"
+        for entry_id, fields in reply[0][1]:
+            last = entry_id
+            event = Event.decode(fields)
+            if event.t in ("done", "err"):
+                return event
+
+
 def test_disconnect_stops_generation_on_worker(gateway: str, cluster: LocalCluster) -> None:
     body = {"model": MODEL, "prompt": "1, 2, 3, 4, 5, 6,", "raw": True,
             "options": {"temperature": 0, "num_predict": 4000}}
@@ -163,15 +178,24 @@ def test_disconnect_stops_generation_on_worker(gateway: str, cluster: LocalClust
         for _ in range(3):
             assert not json.loads(next(lines))["done"]
     # the client is gone: the worker's engine must end the request with done_reason "cancelled"
+    final = final_event(redis.Redis.from_url(cluster.redis_url), request_id)
+    assert final.t == "done" and final.done_reason == "cancelled"
+    assert final.stats is not None and final.stats["eval_count"] < 4000
+
+
+def test_disconnect_of_a_non_streaming_request_stops_generation(gateway: str, cluster: LocalCluster) -> None:
+    """Nothing is written to a non-streaming client until the end: the gateway must still notice it left."""
+    request_id = "nonstream-disconnect-" + uuid.uuid4().hex[:8]
+    body = json.dumps({"model": MODEL, "prompt": "1, 2, 3, 4, 5, 6,", "raw": True, "stream": False,
+                       "options": {"temperature": 0, "num_predict": 4000}}).encode()
+    address = gateway.removeprefix("http://")
+    host, port = address.split(":")
     client = redis.Redis.from_url(cluster.redis_url)
-    last, final = "0-0", None
-    while final is None:
-        reply = client.xread({keys.reply(request_id): last}, block=5000)
-        assert reply, "worker did not finish the cancelled request within 5 s"
-        for entry_id, fields in reply[0][1]:
-            last = entry_id
-            event = Event.decode(fields)
-            if event.t in ("done", "err"):
-                final = event
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(b"POST /api/generate HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                     b"X-Request-Id: %s\r\nContent-Length: %d\r\n\r\n%s"
+                     % (address.encode(), request_id.encode(), len(body), body))
+        assert client.xread({keys.reply(request_id): "0-0"}, block=60000), "the request never started"
+    final = final_event(client, request_id)  # the connection is closed: the client is gone
     assert final.t == "done" and final.done_reason == "cancelled"
     assert final.stats is not None and final.stats["eval_count"] < 4000
