@@ -96,9 +96,13 @@ class ReplyReader:
         while not self.finished:
             yield await self.next()
 
-    async def _idle_checks(self) -> None:
+    async def check_client(self) -> None:
+        """499 (and, through ``close``, a cancelled job) when the client has gone."""
         if await self.request.is_disconnected():
             raise ClientClosed("request canceled")
+
+    async def _idle_checks(self) -> None:
+        await self.check_client()
         if self.worker is not None:
             if not await self.scheduler.alive(self.worker):
                 await self._worker_lost()
@@ -259,8 +263,7 @@ async def collect(reader: ReplyReader, first: Event, shape: Shaper, on_done: OnD
             chunks.append(chunk)
             if time.monotonic() - polled > DISCONNECT_POLL_S:
                 polled = time.monotonic()
-                if await reader.request.is_disconnected():
-                    raise ClientClosed("request canceled")
+                await reader.check_client()
         return chunks
     finally:
         await reader.close()
