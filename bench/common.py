@@ -1,7 +1,7 @@
 """What the benchmarks share: the demo model, a Caravan cluster on free ports, the peers, streaming clients.
 
 Every figure is a ratio of two measurements taken side by side in one run, on the same GGUF (the demo
-SmolLM2-135M Q4_1), the same threads and the same context per sequence. Peers:
+SmolLM2-135M Q4_1), the same threads, the same context per sequence and the same flash attention. Peers:
 
 - llama-cpp-python in-process (``Llama``), the library the worker uses;
 - llama.cpp's ``llama-server`` built from the llama.cpp vendored in the same llama-cpp-python sdist
@@ -30,6 +30,7 @@ import httptools
 import httpx
 
 from caravan.cluster import ClusterConfig, LocalCluster, free_port
+from caravan.settings import parse_flash_attention
 from worker.engine.openmp import shorten_idle_spin
 
 # Every side runs llama.cpp's OpenMP threads with the worker's idle spin (worker.engine.openmp): the in-process
@@ -41,6 +42,10 @@ MODEL = "smollm2:135m"
 PEERS = Path(__file__).resolve().parent / ".peers"
 LLAMA_SERVER = PEERS / "build" / "bin" / "llama-server"
 NCPU = os.cpu_count() or 1
+# Flash attention, the same on every side: Caravan's setting (Ollama's OLLAMA_FLASH_ATTENTION, default auto, which
+# llama.cpp turns on on a CPU). ``OLLAMA_FLASH_ATTENTION=0`` runs the whole bench without it.
+FLASH_ATTENTION = parse_flash_attention(os.environ.get("OLLAMA_FLASH_ATTENTION", ""))
+FLASH_ON = FLASH_ATTENTION != "off"  # llama-cpp-python takes a bool; its auto would be on here
 
 
 @dataclass
@@ -96,7 +101,7 @@ def caravan(*, parallel: int, threads: int, num_ctx: int, engine: str = "batch",
         worker_env={"CARAVAN_ENGINE": engine, "CARAVAN_N_THREADS": str(threads), "CARAVAN_LOG_LEVEL": "WARNING",
                     **(worker_env or {})},
         gateway_env={"OLLAMA_NUM_PARALLEL": str(parallel), "OLLAMA_CONTEXT_LENGTH": str(num_ctx),
-                     "CARAVAN_LOG_LEVEL": "WARNING", **(env or {})},
+                     "OLLAMA_FLASH_ATTENTION": FLASH_ATTENTION, "CARAVAN_LOG_LEVEL": "WARNING", **(env or {})},
     ))
     cluster.start()
     try:
@@ -125,7 +130,7 @@ def llama_server(*, parallel: int, threads: int, num_ctx: int) -> Iterator[str]:
     port = free_port()
     argv = [str(LLAMA_SERVER), "-m", str(gguf()), "--host", "127.0.0.1", "--port", str(port),
             "-np", str(parallel), "-c", str(num_ctx * parallel), "-t", str(threads), "-tb", str(NCPU),
-            "-fa", "off", "--no-webui", "--log-disable"]
+            "-fa", FLASH_ATTENTION, "--no-webui", "--log-disable"]
     with _process(argv, f"http://127.0.0.1:{port}/health") as url:
         yield url
 
@@ -146,7 +151,8 @@ def llama_cpp_server(*, threads: int, num_ctx: int) -> Iterator[str]:
     port = free_port()
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf()), "--host", "127.0.0.1",
             "--port", str(port), "--n_ctx", str(num_ctx), "--n_threads", str(threads),
-            "--n_threads_batch", str(NCPU), "--interrupt_requests", "False", "--verbose", "False"]
+            "--n_threads_batch", str(NCPU), "--flash_attn", str(FLASH_ON), "--interrupt_requests", "False",
+            "--verbose", "False"]
     with _process(argv, f"http://127.0.0.1:{port}/v1/models") as url:
         yield url
 

@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 
 from bench.common import (
+    FLASH_ON,
     NCPU,
     Client,
     Row,
@@ -103,7 +104,7 @@ def run(rounds_: int = 8, tokens: int = 128, threads: int = NCPU, num_ctx: int =
         ttft_rounds: int = 30) -> list[Row]:
     from llama_cpp import Llama
 
-    llm = Llama(str(gguf()), n_ctx=num_ctx, n_threads=threads, verbose=False)
+    llm = Llama(str(gguf()), n_ctx=num_ctx, n_threads=threads, flash_attn=FLASH_ON, verbose=False)
     try:
         with caravan(parallel=4, threads=threads, num_ctx=num_ctx) as cluster:
             ours, theirs = asyncio.run(rounds(cluster.gateway_url, llm, rounds_, tokens, seed=1))

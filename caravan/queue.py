@@ -18,6 +18,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 LOAD_OVERHEAD = 64 << 20  # compute buffers, tokenizer, runtime: measured ~40-60 MiB for small models on CPU
+FlashAttention = Literal["auto", "on", "off"]  # Ollama's OLLAMA_FLASH_ATTENTION; auto = llama.cpp decides per device
+KvCacheType = Literal["f16", "q8_0", "q4_0"]  # Ollama's OLLAMA_KV_CACHE_TYPE
+# bytes of a KV cache element per f16 byte: ggml blocks of 32 values, q8_0 = 34 bytes, q4_0 = 18 (f16: 64)
+KV_SCALE: dict[str, float] = {"f16": 1.0, "q8_0": 34 / 64, "q4_0": 18 / 64}
 
 
 class LoadSpec(BaseModel):
@@ -35,6 +39,14 @@ class LoadSpec(BaseModel):
     parallel: int = 1
     context_length: int = 0
     kv_bytes_per_token: int = 0
+    flash_attention: FlashAttention = "auto"
+    kv_cache_type: KvCacheType = "f16"
+
+    @property
+    def kv_type(self) -> str:
+        """The KV cache type llama.cpp gets: a quantized cache needs flash attention (Ollama, too, falls back to
+        f16 when flash attention is off)."""
+        return "f16" if self.flash_attention == "off" else self.kv_cache_type
 
     @property
     def key(self) -> str:
@@ -42,17 +54,22 @@ class LoadSpec(BaseModel):
         return _spec_key(tuple(getattr(self, name) for name in _KEY_FIELDS))
 
     def estimate(self) -> int:
-        """Memory this spec needs once loaded: weights + f16 KV cache for num_ctx × parallel + overhead."""
-        kv = (self.kv_bytes_per_token or 64 * 1024) * self.num_ctx * max(1, self.parallel)
+        """Memory this spec needs once loaded: weights + KV cache for num_ctx × parallel + overhead."""
+        per_token = (self.kv_bytes_per_token or 64 * 1024) * KV_SCALE[self.kv_type]  # the record's is f16
+        kv = int(per_token * self.num_ctx * max(1, self.parallel))
         return self.size + kv + LOAD_OVERHEAD
 
 
-_KEY_FIELDS = ("blob", "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "use_mmap", "parallel")
+_KEY_FIELDS = ("blob", "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "use_mmap", "parallel",
+               "flash_attention", "kv_cache_type")
+# load options added later count only when set, so a spec that leaves them alone keeps its queue's name
+_LATER_FIELDS = {"flash_attention": "auto", "kv_cache_type": "f16"}
 
 
 @functools.lru_cache(maxsize=4096)
 def _spec_key(values: tuple[Any, ...]) -> str:
-    fields = dict(zip(_KEY_FIELDS, values, strict=True))
+    fields = {name: value for name, value in zip(_KEY_FIELDS, values, strict=True)
+              if name not in _LATER_FIELDS or value != _LATER_FIELDS[name]}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,12 +1,14 @@
 """Typed settings for every service, read from the environment (prefix ``CARAVAN_``).
 
 Ollama's own variables are honoured where they mean the same thing (``OLLAMA_HOST``, ``OLLAMA_MODELS``,
-``OLLAMA_KEEP_ALIVE``, ``OLLAMA_NUM_PARALLEL``, ``OLLAMA_MAX_QUEUE``, ``OLLAMA_CONTEXT_LENGTH``).
+``OLLAMA_KEEP_ALIVE``, ``OLLAMA_NUM_PARALLEL``, ``OLLAMA_MAX_QUEUE``, ``OLLAMA_CONTEXT_LENGTH``,
+``OLLAMA_LOAD_TIMEOUT``, ``OLLAMA_FLASH_ATTENTION``, ``OLLAMA_KV_CACHE_TYPE``, ``OLLAMA_ORIGINS``).
 Each service builds its settings once in ``main`` and passes them down.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -17,12 +19,38 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from caravan.duration import parse_env_keep_alive
+from caravan.queue import FlashAttention, KvCacheType
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+log = logging.getLogger(__name__)
 
 
 def _alias(*names: str) -> Any:
     return AliasChoices(*names)
+
+
+def _env_text(value: str) -> str:
+    """Ollama trims spaces and quotes off every variable."""
+    return value.strip().strip("\"'").strip()
+
+
+def parse_flash_attention(value: str) -> str:
+    """``OLLAMA_FLASH_ATTENTION``: unset, empty or ``auto`` = auto; otherwise Go's ``strconv.ParseBool``, and, as
+    in Ollama, a value it cannot parse counts as true."""
+    text = _env_text(value)
+    if text.lower() in ("", "auto"):
+        return "auto"
+    return "off" if text in ("0", "f", "F", "false", "FALSE", "False") else "on"
+
+
+def parse_kv_cache_type(value: str) -> str:
+    """``OLLAMA_KV_CACHE_TYPE``: ``f16``, ``q8_0`` or ``q4_0``; anything else is f16 (Ollama's fallback), logged."""
+    text = _env_text(value).lower()
+    if text in ("f16", "q8_0", "q4_0"):
+        return text
+    if text:
+        log.warning("unsupported KV cache type, using f16", extra={"kv_cache_type": text})
+    return "f16"
 
 
 def default_models_dir() -> Path:
@@ -80,6 +108,10 @@ class GatewaySettings(ServiceSettings):
         4096, validation_alias=_alias("CARAVAN_CONTEXT_LENGTH", "OLLAMA_CONTEXT_LENGTH")
     )
     load_timeout: float = Field(300.0, validation_alias=_alias("CARAVAN_LOAD_TIMEOUT", "OLLAMA_LOAD_TIMEOUT"))
+    # how workers load models (part of the LoadSpec, so the memory estimate knows the KV cache's size)
+    flash_attention: FlashAttention = Field(
+        "auto", validation_alias=_alias("CARAVAN_FLASH_ATTENTION", "OLLAMA_FLASH_ATTENTION"))
+    kv_cache_type: KvCacheType = Field("f16", validation_alias=_alias("CARAVAN_KV_CACHE_TYPE", "OLLAMA_KV_CACHE_TYPE"))
     replica_queue_depth: int = 2
     max_replicas: int = 0
     affinity: bool = True
@@ -109,6 +141,16 @@ class GatewaySettings(ServiceSettings):
     @classmethod
     def _durations(cls, value: Any) -> Any:
         return parse_env_keep_alive(value) if isinstance(value, str) else value
+
+    @field_validator("flash_attention", mode="before")
+    @classmethod
+    def _flash_attention(cls, value: Any) -> Any:
+        return parse_flash_attention(value) if isinstance(value, str) else value
+
+    @field_validator("kv_cache_type", mode="before")
+    @classmethod
+    def _kv_cache_type(cls, value: Any) -> Any:
+        return parse_kv_cache_type(value) if isinstance(value, str) else value
 
     @field_validator("auth", "tls_cert", "tls_key", "audit_log", mode="before")
     @classmethod

@@ -87,6 +87,7 @@ class Scheduler:
             main_gpu=int(merged.get("main_gpu", 0)), num_thread=int(merged.get("num_thread", 0)),
             use_mmap=bool(merged.get("use_mmap", True)), parallel=self.settings.num_parallel,
             context_length=record.context_length, kv_bytes_per_token=record.kv_bytes_per_token,
+            flash_attention=self.settings.flash_attention, kv_cache_type=self.settings.kv_cache_type,
         )
 
     # -- cluster view ---------------------------------------------------------------------------------

@@ -100,3 +100,26 @@ def test_one_disconnect_leaves_the_other_streams_running(batch_gateway: str) -> 
     for thread in threads:
         thread.join()
     assert all(results[p] for p in PROMPTS[:3])
+
+
+def test_ollama_kv_cache_type_reaches_the_worker(batch_gateway: str, demo_store: Path,
+                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``OLLAMA_KV_CACHE_TYPE=q8_0`` on the gateway: the worker loads a q8_0 cache (flash attention auto, as in
+    Ollama) and serves from it, and /api/ps counts its smaller KV cache."""
+    quantized = LocalCluster(ClusterConfig(
+        models=demo_store, gateway_port=free_port(), workers=1, log_dir=tmp_path_factory.mktemp("kv-q8-logs"),
+        worker_env={"CARAVAN_ENGINE": "batch", "CARAVAN_N_THREADS": "2"},
+        gateway_env={"OLLAMA_NUM_PARALLEL": "4", "OLLAMA_KV_CACHE_TYPE": "q8_0"},
+    ))
+    quantized.start()
+    try:
+        sizes = {}
+        for gateway in (batch_gateway, quantized.gateway_url):
+            reply = ollama.Client(host=gateway).generate(model=MODEL, prompt="Name three fruits.", options=GREEDY)
+            assert reply.response and reply.done_reason in ("stop", "length")
+            (loaded,) = httpx.get(gateway + "/api/ps", timeout=10).json()["models"]
+            sizes[gateway] = loaded["size"]
+        f16, q8 = sizes[batch_gateway], sizes[quantized.gateway_url]
+        assert q8 < f16, sizes
+    finally:
+        quantized.stop()

@@ -11,7 +11,8 @@ from caravan.asgi import parse_body
 from caravan.duration import FOREVER, parse_env_keep_alive, parse_keep_alive
 from caravan.errors import BadRequest, InvalidOption
 from caravan.options import merge_options, validate_options
-from caravan.queue import InferenceJob, LoadSpec, decode_keep_alive, encode_keep_alive
+from caravan.queue import LOAD_OVERHEAD, InferenceJob, LoadSpec, decode_keep_alive, encode_keep_alive
+from caravan.settings import GatewaySettings, parse_flash_attention, parse_kv_cache_type
 from caravan.wire.ollama import ChatRequest, ChatResponse, GenerateRequest, GenerateResponse, dump
 
 
@@ -116,6 +117,45 @@ def test_spec_key_depends_on_load_options_only() -> None:
     assert LoadSpec(model="a", blob="sha256:" + "1" * 64, num_ctx=2048, size=9, kv_bytes_per_token=5).key == a.key
     # the id names Redis queues: it stays what it was before memoising (sha256 of the sorted load options)
     assert a.key == "58b0cbbd9c6ed030", a.key
+    assert a.model_copy(update={"flash_attention": "auto", "kv_cache_type": "f16"}).key == a.key, "later defaults"
+    assert len({a.key, a.model_copy(update={"flash_attention": "off"}).key,
+                a.model_copy(update={"kv_cache_type": "q8_0"}).key}) == 3
+
+
+@pytest.mark.parametrize(
+    ("flash", "kv", "effective", "kv_bytes"),
+    [("auto", "f16", "f16", 1024 * 64), ("auto", "q8_0", "q8_0", 1024 * 34), ("on", "q4_0", "q4_0", 1024 * 18),
+     ("off", "q8_0", "f16", 1024 * 64)],
+)
+def test_kv_cache_type_sizes_the_estimate(flash: str, kv: str, effective: str, kv_bytes: int) -> None:
+    """A quantized KV cache needs flash attention (else f16, as in Ollama); the memory estimate follows it."""
+    spec = LoadSpec(model="m", blob="b", size=1000, num_ctx=512, parallel=2, kv_bytes_per_token=1024,
+                    flash_attention=flash, kv_cache_type=kv)  # type: ignore[arg-type]
+    assert spec.kv_type == effective
+    assert spec.estimate() == 1000 + kv_bytes * 512 * 2 // 64 + LOAD_OVERHEAD
+
+
+@pytest.mark.parametrize(
+    ("raw", "mode"),
+    [("", "auto"), ("auto", "auto"), (" AUTO ", "auto"), ("1", "on"), ("true", "on"), ('"True"', "on"),
+     ("yes", "on"), ("0", "off"), ("false", "off"), ("F", "off"), ("'FALSE'", "off")],
+)
+def test_ollama_flash_attention_values(raw: str, mode: str) -> None:
+    """Go's ParseBool, trimmed of spaces and quotes; what it cannot parse is true; empty is Ollama's auto."""
+    assert parse_flash_attention(raw) == mode
+
+
+@pytest.mark.parametrize(("raw", "kv"), [("", "f16"), ("q8_0", "q8_0"), (" Q4_0 ", "q4_0"), ("q8", "f16"),
+                                         ("bf16", "f16")])
+def test_ollama_kv_cache_type_values(raw: str, kv: str) -> None:
+    assert parse_kv_cache_type(raw) == kv
+
+
+def test_gateway_reads_ollamas_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_FLASH_ATTENTION", "0")
+    monkeypatch.setenv("OLLAMA_KV_CACHE_TYPE", "q4_0")
+    settings = GatewaySettings()
+    assert (settings.flash_attention, settings.kv_cache_type) == ("off", "q4_0")
 
 
 def test_job_round_trip() -> None:

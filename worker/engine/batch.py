@@ -24,6 +24,7 @@ from worker.engine.batcher import Batcher, Item, Request
 from worker.engine.embedding import Embedder
 from worker.engine.grammar import job_grammar
 from worker.engine.llama import _guarded
+from worker.engine.params import flash_attn_type, kv_type, load_mode
 from worker.engine.sampling import SamplingParams, new_chain
 from worker.prompting import TokenizerInfo, build_prompt, fit_context
 
@@ -82,7 +83,7 @@ class BatchEngine(Engine):
         return max(self.spec.num_batch, self.slots)
 
     def _context_params(self) -> Any:
-        """Like ``Llama``'s defaults (threads, no flash attention), plus one KV stream per slot."""
+        """``Llama``'s thread defaults, one KV stream per slot, and the spec's flash attention and KV cache type."""
         from llama_cpp import llama_cpp as C
 
         params = C.llama_context_default_params()
@@ -91,7 +92,8 @@ class BatchEngine(Engine):
         params.n_seq_max, params.kv_unified = self.slots, False
         params.n_threads = self._n_threads or max(multiprocessing.cpu_count() // 2, 1)
         params.n_threads_batch = multiprocessing.cpu_count()
-        params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.flash_attn_type = flash_attn_type(C, self.spec)
+        params.type_k = params.type_v = kv_type(C, self.spec)
         params.no_perf = True
         return params
 
@@ -204,12 +206,6 @@ def tokenizer_info(model: Any) -> TokenizerInfo:
         bos_token=model.token_get_text(bos) if bos >= 0 else "",
         eos_token=model.token_get_text(eos) if eos >= 0 else "",
     )
-
-
-def load_mode(C: Any, use_mmap: bool) -> int:
-    """llama.cpp's weight loading for Ollama's ``use_mmap`` option, as ``Llama`` sets it: memory-mapped, or read
-    into memory. (``llama_model_params`` has no ``use_mmap`` field any more; its default, AUTO, is neither.)"""
-    return int(C.LLAMA_LOAD_MODE_MMAP if use_mmap else C.LLAMA_LOAD_MODE_NONE)
 
 
 async def _events(queue: asyncio.Queue[Item], cancel: threading.Event) -> AsyncIterator[Event]:

@@ -230,7 +230,7 @@ async def test_stop_strings_cut_the_text(engine: BatchEngine) -> None:
 
 async def test_json_format_is_valid_json(engine: BatchEngine) -> None:
     schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
-    text, final = await run(engine, job("Give a name as JSON.", {"temperature": 0, "num_predict": 64},
+    text, final = await run(engine, job("Give a person's first name as JSON.", {"temperature": 0, "num_predict": 64},
                                         format=schema))
     assert final.done_reason == "stop" and "name" in json.loads(text)
 
@@ -326,6 +326,34 @@ def test_use_mmap_reaches_llama_cpps_load_mode(monkeypatch: pytest.MonkeyPatch, 
     with pytest.raises(RuntimeError, match="captured"):
         BatchEngine(spec, demo_gguf())._load()
     assert seen[0].load_mode == (C.LLAMA_LOAD_MODE_MMAP if use_mmap else C.LLAMA_LOAD_MODE_NONE)
+
+
+def test_flash_attention_and_kv_cache_type_reach_the_context() -> None:
+    """Ollama's OLLAMA_FLASH_ATTENTION / OLLAMA_KV_CACHE_TYPE (through the spec) shape the real context: a q8_0
+    cache holds a sequence in about 34/64 of the f16 bytes, and with flash attention off a quantized cache falls
+    back to f16 (llama.cpp refuses a quantized V cache without it). Each context generates."""
+    from llama_cpp import llama_cpp as C
+
+    from registry.demo import demo_gguf
+
+    state: dict[tuple[str, str], int] = {}
+    for flash, kv in [("auto", "f16"), ("on", "q8_0"), ("off", "q8_0"), ("off", "f16")]:
+        spec = LoadSpec(model="smollm2", blob="demo", num_ctx=256, parallel=1, flash_attention=flash,
+                        kv_cache_type=kv)  # type: ignore[arg-type]
+        loaded = BatchEngine(spec, demo_gguf(), n_threads=2)
+        assert loaded._context_params().flash_attn_type == {
+            "auto": C.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": C.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            "off": C.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash]
+        asyncio.run(loaded.load())
+        try:
+            text, final = asyncio.run(run(loaded, job("Name three fruits.", {"temperature": 0, "num_predict": 8})))
+            assert text and final.done_reason in ("stop", "length")
+            state[(flash, kv)] = C.llama_state_seq_get_size(loaded.ctx, 0)
+        finally:
+            asyncio.run(loaded.close())
+    f16 = state[("auto", "f16")]
+    assert 0.45 < state[("on", "q8_0")] / f16 < 0.6, state
+    assert state[("off", "q8_0")] == state[("off", "f16")] == f16, state
 
 
 def test_a_short_prompt_reaches_the_engine_thread_when_stream_is_called(engine: BatchEngine) -> None:
