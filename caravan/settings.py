@@ -157,6 +157,13 @@ class GatewaySettings(ServiceSettings):
     def _unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
+    def warnings(self) -> list[str]:
+        """Settings that will not do what they say (logged at start)."""
+        if self.kv_cache_type != "f16" and self.flash_attention == "off":
+            return [f"OLLAMA_KV_CACHE_TYPE={self.kv_cache_type} needs flash attention, which is off: "
+                    "KV caches stay f16"]
+        return []
+
     @property
     def auth_enabled(self) -> bool:
         """Keys are required when ``CARAVAN_AUTH`` says so; unset, when a bootstrap admin key is configured."""

@@ -15,7 +15,10 @@ from gateway.app import create_app
 def main() -> None:
     settings = GatewaySettings()
     setup_logging("gateway", settings.log_level, settings.log_json)
-    logging.getLogger("gateway").info("starting gateway", extra={"settings": settings.redacted()})
+    log = logging.getLogger("gateway")
+    log.info("starting gateway", extra={"settings": settings.redacted()})
+    for warning in settings.warnings():
+        log.warning(warning)
     security.startup_checks(settings)
     host, port = settings.bind
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False,

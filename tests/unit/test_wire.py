@@ -130,7 +130,7 @@ def test_spec_key_depends_on_load_options_only() -> None:
 def test_kv_cache_type_sizes_the_estimate(flash: str, kv: str, effective: str, kv_bytes: int) -> None:
     """A quantized KV cache needs flash attention (else f16, as in Ollama); the memory estimate follows it."""
     spec = LoadSpec(model="m", blob="b", size=1000, num_ctx=512, parallel=2, kv_bytes_per_token=1024,
-                    flash_attention=flash, kv_cache_type=kv)  # type: ignore[arg-type]
+                    flash_attention=flash, kv_cache_type=kv)
     assert spec.kv_type == effective
     assert spec.estimate() == 1000 + kv_bytes * 512 * 2 // 64 + LOAD_OVERHEAD
 
@@ -156,6 +156,8 @@ def test_gateway_reads_ollamas_variables(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("OLLAMA_KV_CACHE_TYPE", "q4_0")
     settings = GatewaySettings()
     assert (settings.flash_attention, settings.kv_cache_type) == ("off", "q4_0")
+    assert settings.warnings() == ["OLLAMA_KV_CACHE_TYPE=q4_0 needs flash attention, which is off: KV caches stay f16"]
+    assert GatewaySettings(flash_attention="auto").warnings() == []
 
 
 def test_job_round_trip() -> None:

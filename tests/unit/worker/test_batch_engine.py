@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from caravan.queue import Event, InferenceJob, LoadSpec
+from worker.engine.base import Engine
 from worker.engine.batch import BatchEngine
 from worker.engine.batcher import Batcher, Slot, common_prefix
 from worker.engine.sampling import SamplingParams
@@ -56,7 +57,7 @@ def job(prompt: str, options: dict[str, Any] | None = None, op: str = "generate"
                         options=options if options is not None else dict(GREEDY), **fields)
 
 
-async def run(engine: BatchEngine, request: InferenceJob, cancel: threading.Event | None = None) -> tuple[str, Event]:
+async def run(engine: Engine, request: InferenceJob, cancel: threading.Event | None = None) -> tuple[str, Event]:
     """The request's text and its final event."""
     text, final = [], None
     async for event in engine.stream(request, cancel or threading.Event()):
@@ -339,7 +340,7 @@ def test_flash_attention_and_kv_cache_type_reach_the_context() -> None:
     state: dict[tuple[str, str], int] = {}
     for flash, kv in [("auto", "f16"), ("on", "q8_0"), ("off", "q8_0"), ("off", "f16")]:
         spec = LoadSpec(model="smollm2", blob="demo", num_ctx=256, parallel=1, flash_attention=flash,
-                        kv_cache_type=kv)  # type: ignore[arg-type]
+                        kv_cache_type=kv)
         loaded = BatchEngine(spec, demo_gguf(), n_threads=2)
         assert loaded._context_params().flash_attn_type == {
             "auto": C.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": C.LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -354,6 +355,29 @@ def test_flash_attention_and_kv_cache_type_reach_the_context() -> None:
     f16 = state[("auto", "f16")]
     assert 0.45 < state[("on", "q8_0")] / f16 < 0.6, state
     assert state[("off", "q8_0")] == state[("off", "f16")] == f16, state
+
+
+@pytest.mark.parametrize(("flash", "kv", "flash_type", "kv_ggml"), [("auto", "q8_0", "ENABLED", "Q8_0"),
+                                                                  ("off", "q4_0", "DISABLED", "F16")])
+def test_the_one_sequence_engine_takes_the_same_settings(flash: str, kv: str, flash_type: str, kv_ggml: str) -> None:
+    """``CARAVAN_ENGINE=llama``: ``Llama`` takes flash attention as a bool (auto: on, llama.cpp's choice on a CPU)."""
+    from llama_cpp import llama_cpp as C
+
+    from registry.demo import demo_gguf
+    from worker.engine.llama import LlamaEngine
+
+    spec = LoadSpec(model="smollm2", blob="demo", num_ctx=256, flash_attention=flash,
+                    kv_cache_type=kv)
+    single = LlamaEngine(spec, demo_gguf(), n_threads=2)
+    asyncio.run(single.load())
+    try:
+        params = single.llm.context_params
+        assert params.flash_attn_type == getattr(C, f"LLAMA_FLASH_ATTN_TYPE_{flash_type}")
+        assert params.type_k == params.type_v == getattr(C, f"GGML_TYPE_{kv_ggml}")
+        text, final = asyncio.run(run(single, job("Name three fruits.", {"temperature": 0, "num_predict": 8})))
+        assert text and final.done_reason in ("stop", "length")
+    finally:
+        asyncio.run(single.close())
 
 
 def test_a_short_prompt_reaches_the_engine_thread_when_stream_is_called(engine: BatchEngine) -> None:
