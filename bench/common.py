@@ -123,14 +123,14 @@ def _load(gateway: str, timeout: float = 120.0) -> None:
 
 
 @contextlib.contextmanager
-def llama_server(*, parallel: int, threads: int, num_ctx: int) -> Iterator[str]:
+def llama_server(*, parallel: int, threads: int, num_ctx: int, kv_cache_type: str = "f16") -> Iterator[str]:
     """llama.cpp's own server with ``-np parallel`` and ``num_ctx`` per slot; yields its base URL."""
     if not LLAMA_SERVER.exists():
         raise SystemExit(f"{LLAMA_SERVER} is missing: run bench/build_peers.sh first")
     port = free_port()
     argv = [str(LLAMA_SERVER), "-m", str(gguf()), "--host", "127.0.0.1", "--port", str(port),
             "-np", str(parallel), "-c", str(num_ctx * parallel), "-t", str(threads), "-tb", str(NCPU),
-            "-fa", FLASH_ATTENTION, "--no-webui", "--log-disable"]
+            "-fa", FLASH_ATTENTION, "-ctk", kv_cache_type, "-ctv", kv_cache_type, "--no-webui", "--log-disable"]
     with _process(argv, f"http://127.0.0.1:{port}/health") as url:
         yield url
 
