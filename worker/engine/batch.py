@@ -24,7 +24,7 @@ from worker.engine.batcher import Batcher, Item, Request
 from worker.engine.embedding import Embedder
 from worker.engine.grammar import job_grammar
 from worker.engine.llama import _guarded
-from worker.engine.params import flash_attn_type, kv_type, load_mode
+from worker.engine.params import flash_attn_type, ggml_kv_type, load_mode
 from worker.engine.sampling import SamplingParams, new_chain
 from worker.prompting import TokenizerInfo, build_prompt, fit_context
 
@@ -93,7 +93,7 @@ class BatchEngine(Engine):
         params.n_threads = self._n_threads or max(multiprocessing.cpu_count() // 2, 1)
         params.n_threads_batch = multiprocessing.cpu_count()
         params.flash_attn_type = flash_attn_type(C, self.spec)
-        params.type_k = params.type_v = kv_type(C, self.spec)
+        params.type_k = params.type_v = ggml_kv_type(C, self.spec)
         params.no_perf = True
         return params
 

@@ -24,7 +24,7 @@ from worker.engine.base import Engine, FirstToken, Stats
 from worker.engine.embedding import Embedder
 from worker.engine.grammar import check_grammar, job_grammar
 from worker.engine.logprobs import sampled_logprobs
-from worker.engine.params import kv_type
+from worker.engine.params import ggml_kv_type
 from worker.engine.text import TextStream
 from worker.prompting import TokenizerInfo, build_prompt, fit_context
 
@@ -93,11 +93,12 @@ class LlamaEngine(Engine):
         from llama_cpp import llama_cpp as C
 
         # Llama takes flash attention as a bool: auto is on, which is what llama.cpp's auto picks on a CPU
+        kv = ggml_kv_type(C, self.spec)
         self.llm = Llama(
             model_path=str(self.path), n_ctx=self.spec.num_ctx, n_batch=self.spec.num_batch,
             n_threads=self._n_threads, n_gpu_layers=self._n_gpu_layers, main_gpu=self.spec.main_gpu,
             use_mmap=self.spec.use_mmap, verbose=False, seed=random.randrange(2**31),
-            flash_attn=self.spec.flash_attention != "off", type_k=kv_type(C, self.spec), type_v=kv_type(C, self.spec),
+            flash_attn=self.spec.flash_attention != "off", type_k=kv, type_v=kv,
         )
         meta = self.llm.metadata
         vocab = self.llm._model

@@ -14,7 +14,7 @@ def flash_attn_type(C: Any, spec: LoadSpec) -> int:
         spec.flash_attention, C.LLAMA_FLASH_ATTN_TYPE_AUTO))
 
 
-def kv_type(C: Any, spec: LoadSpec) -> int:
+def ggml_kv_type(C: Any, spec: LoadSpec) -> int:
     """The ggml type of the KV cache (``OLLAMA_KV_CACHE_TYPE``; f16 when flash attention is off)."""
     return int({"q8_0": C.GGML_TYPE_Q8_0, "q4_0": C.GGML_TYPE_Q4_0}.get(spec.kv_type, C.GGML_TYPE_F16))
 
