@@ -18,14 +18,18 @@ PROMPTS = ["Why is the sky blue?", "Write a haiku about the sea.", "What is 2+2?
 GREEDY = {"temperature": 0, "num_predict": 24, "seed": 1}
 
 
+def batch_cluster(demo_store: Path, log_dir: Path, **gateway_env: str) -> LocalCluster:
+    """A cluster of its own (own Redis) whose worker runs the batch engine with parallel 4 (not started)."""
+    return LocalCluster(ClusterConfig(
+        models=demo_store, gateway_port=free_port(), workers=1, log_dir=log_dir,
+        worker_env={"CARAVAN_ENGINE": "batch", "CARAVAN_N_THREADS": "2"},
+        gateway_env={"OLLAMA_NUM_PARALLEL": "4", **gateway_env},
+    ))
+
+
 @pytest.fixture(scope="module")
 def batch_gateway(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A cluster of its own (own Redis) whose worker runs the batch engine with parallel 4."""
-    running = LocalCluster(ClusterConfig(
-        models=demo_store, gateway_port=free_port(), workers=1, log_dir=tmp_path_factory.mktemp("batch-logs"),
-        worker_env={"CARAVAN_ENGINE": "batch", "CARAVAN_N_THREADS": "2"},
-        gateway_env={"OLLAMA_NUM_PARALLEL": "4"},
-    ))
+    running = batch_cluster(demo_store, tmp_path_factory.mktemp("batch-logs"))
     running.start()
     yield running.gateway_url
     running.stop()
@@ -106,11 +110,7 @@ def test_ollama_kv_cache_type_reaches_the_worker(batch_gateway: str, demo_store:
                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
     """``OLLAMA_KV_CACHE_TYPE=q8_0`` on the gateway: the worker loads a q8_0 cache (flash attention auto, as in
     Ollama) and serves from it, and /api/ps counts its smaller KV cache."""
-    quantized = LocalCluster(ClusterConfig(
-        models=demo_store, gateway_port=free_port(), workers=1, log_dir=tmp_path_factory.mktemp("kv-q8-logs"),
-        worker_env={"CARAVAN_ENGINE": "batch", "CARAVAN_N_THREADS": "2"},
-        gateway_env={"OLLAMA_NUM_PARALLEL": "4", "OLLAMA_KV_CACHE_TYPE": "q8_0"},
-    ))
+    quantized = batch_cluster(demo_store, tmp_path_factory.mktemp("kv-q8-logs"), OLLAMA_KV_CACHE_TYPE="q8_0")
     quantized.start()
     try:
         sizes = {}
